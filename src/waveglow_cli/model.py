@@ -1,0 +1,341 @@
+"""WaveGlow (Prenger et al., 2019) as a pure tensor module: inference, training direction, loss.
+
+Numerically this is the function of NVIDIA's reference ``glow.py`` (and, with
+``alternate_halves=True``, of ``glow_old.py``).  It knows tensors only: no files, no names,
+no device policy.  Checkpoint reading and layout conversion live in :mod:`waveglow_cli.checkpoint`.
+
+Parameter names follow NVIDIA's current (fused) layout, so a weight-norm-free state dict of
+``glow.WaveGlow`` loads as is: ``upsample.*``, ``WN.{k}.start|cond_layer|in_layers.{i}|
+res_skip_layers.{i}|end.*``, ``convinv.{k}.conv.weight``.
+
+Shapes: B batch, M mel channels, F frames, G = n_group, T = F * hop / G grouped steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class WaveGlowConfig:
+    """Architecture of one WaveGlow.  Defaults are the published 256-channel universal model."""
+
+    n_mel_channels: int = 80
+    n_flows: int = 12
+    n_group: int = 8
+    n_early_every: int = 4
+    n_early_size: int = 2
+    n_layers: int = 8
+    n_channels: int = 256
+    kernel_size: int = 3
+    upsample_kernel: int = 1024
+    hop_length: int = 256
+    # glow_old.py semantics: on odd flows the *first* half is transformed and the second half
+    # conditions the WN.  The tensors look the same; only the pickled class tells them apart.
+    alternate_halves: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("n_mel_channels", "n_flows", "n_group", "n_early_every", "n_layers",
+                     "n_channels", "kernel_size", "upsample_kernel", "hop_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.n_group % 2:
+            problems.append(f"n_group={self.n_group} must be even")
+        if self.n_early_size < 0 or self.n_early_size % 2:
+            problems.append(f"n_early_size={self.n_early_size} must be even and >= 0")
+        if self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size={self.kernel_size} must be odd")
+        if self.n_channels % 2:
+            problems.append(f"n_channels={self.n_channels} must be even")
+        if self.upsample_kernel <= self.hop_length:
+            problems.append(
+                f"upsample_kernel={self.upsample_kernel} must exceed hop_length={self.hop_length}")
+        if not problems and self.channels_per_flow()[-1] < 2:
+            problems.append("early outputs leave fewer than 2 channels for the last flow")
+        if problems:
+            raise ValueError("invalid WaveGlow architecture: " + "; ".join(problems))
+
+    def is_early_flow(self, k: int) -> bool:
+        """Flow ``k`` splits off ``n_early_size`` channels before it (in the forward direction)."""
+        return k > 0 and k % self.n_early_every == 0 and self.n_early_size > 0
+
+    def channels_per_flow(self) -> list[int]:
+        """Channels entering each flow's 1x1 convolution, in forward order."""
+        channels, remaining = [], self.n_group
+        for k in range(self.n_flows):
+            if self.is_early_flow(k):
+                remaining -= self.n_early_size
+            channels.append(remaining)
+        return channels
+
+    @property
+    def n_remaining_channels(self) -> int:
+        return self.channels_per_flow()[-1]
+
+    def receptive_field_steps(self) -> int:
+        """Grouped steps one WN looks each way: sum of the dilated kernels' half widths."""
+        half = (self.kernel_size - 1) // 2
+        return sum(half * 2**i for i in range(self.n_layers))
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> WaveGlowConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown WaveGlow config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+class Invertible1x1Conv(nn.Module):
+    """Channel mixing by an invertible matrix W (C, C); ``conv.weight`` is W as (C, C, 1)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size=1, bias=False)
+        # Orthonormal start with determinant +1, as in the paper's initialisation.
+        w = torch.linalg.qr(torch.randn(channels, channels))[0]
+        if torch.det(w) < 0:
+            w[:, 0] = -w[:, 0]
+        with torch.no_grad():
+            self.conv.weight.copy_(w.unsqueeze(-1))
+        # The inverse is computed once (in float64, then cast) by refresh_inverse(); it is the
+        # only place where precision bites, and recomputing it per call would cost time.
+        self.register_buffer("weight_inverse", torch.empty(channels, channels, 1), persistent=False)
+        self.refresh_inverse()
+
+    @torch.no_grad()
+    def refresh_inverse(self) -> None:
+        w = self.conv.weight.detach().squeeze(-1).to(torch.float64)
+        inverse = torch.linalg.inv(w).to(device=self.weight_inverse.device,
+                                          dtype=self.weight_inverse.dtype)
+        self.weight_inverse.copy_(inverse.unsqueeze(-1))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, T) -> (W z, log|det W| summed over batch and time)."""
+        batch, _, steps = z.shape
+        w = self.conv.weight.squeeze(-1)
+        if w.dtype in (torch.float16, torch.bfloat16):  # logdet needs at least float32
+            w = w.float()
+        log_det = batch * steps * torch.logdet(w)
+        return self.conv(z), log_det
+
+    def inverse(self, z: Tensor) -> Tensor:
+        if self.training:  # weights may have moved since the cached inverse was made
+            w = self.conv.weight.squeeze(-1).to(torch.float64)
+            return F.conv1d(z, torch.linalg.inv(w).to(z.dtype).unsqueeze(-1))
+        return F.conv1d(z, self.weight_inverse.to(z.dtype))
+
+
+class WN(nn.Module):
+    """The non-causal WaveNet of one affine coupling: (B, n_in, T) x (B, n_cond, T) -> (B, 2 n_in, T)."""
+
+    def __init__(self, n_in_channels: int, n_cond_channels: int, n_layers: int,
+                 n_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        self.n_channels = n_channels
+        self.start = nn.Conv1d(n_in_channels, n_channels, 1)
+        self.cond_layer = nn.Conv1d(n_cond_channels, 2 * n_channels * n_layers, 1)
+        self.in_layers = nn.ModuleList()
+        self.res_skip_layers = nn.ModuleList()
+        for i in range(n_layers):
+            dilation = 2**i
+            self.in_layers.append(nn.Conv1d(n_channels, 2 * n_channels, kernel_size,
+                                            dilation=dilation,
+                                            padding=dilation * (kernel_size - 1) // 2))
+            out = 2 * n_channels if i < n_layers - 1 else n_channels
+            self.res_skip_layers.append(nn.Conv1d(n_channels, out, 1))
+        # Zero end layer: a fresh coupling starts as the identity (training stability).
+        self.end = nn.Conv1d(n_channels, 2 * n_in_channels, 1)
+        nn.init.zeros_(self.end.weight)
+        nn.init.zeros_(self.end.bias)
+
+    def forward(self, audio: Tensor, cond: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (B, 1, T) is 1 inside each item and 0 in padding.  Zeroing the dilated
+        convolutions' input there makes each item see exactly the zero padding it would see
+        alone, so a padded batch gives every item its single-item result."""
+        c = self.n_channels
+        x = self.start(audio)
+        cond = self.cond_layer(cond)
+        skip = torch.zeros_like(x)
+        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+            if mask is not None:
+                x = x * mask
+            acts = in_layer(x) + cond[:, i * 2 * c:(i + 1) * 2 * c, :]
+            acts = torch.tanh(acts[:, :c, :]) * torch.sigmoid(acts[:, c:, :])
+            res_skip = res_skip_layer(acts)
+            if i < self.n_layers - 1:
+                x = x + res_skip[:, :c, :]
+                skip = skip + res_skip[:, c:, :]
+            else:
+                skip = skip + res_skip
+        return self.end(skip)
+
+
+class WaveGlow(nn.Module):
+    """The flow.  ``infer`` maps mels to audio; ``forward`` maps (mel, audio) to z and log-dets."""
+
+    def __init__(self, config: WaveGlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        m, g = config.n_mel_channels, config.n_group
+        self.upsample = nn.ConvTranspose1d(m, m, config.upsample_kernel, stride=config.hop_length)
+        self.WN = nn.ModuleList()
+        self.convinv = nn.ModuleList()
+        for channels in config.channels_per_flow():
+            self.convinv.append(Invertible1x1Conv(channels))
+            self.WN.append(WN(channels // 2, m * g, config.n_layers, config.n_channels,
+                              config.kernel_size))
+
+    def train(self, mode: bool = True) -> WaveGlow:
+        super().train(mode)
+        if not mode:  # entering inference: make the cached inverses match the weights
+            self.refresh_inverses()
+        return self
+
+    def refresh_inverses(self) -> None:
+        for conv in self.convinv:
+            conv.refresh_inverse()
+
+    # -- shared pieces -------------------------------------------------------------------
+    def upsample_mel(self, mel: Tensor, n_samples: int) -> Tensor:
+        """(B, M, F) mel -> (B, M*G, T) conditioning for the first ``n_samples`` samples.
+
+        Frame j of the transposed convolution touches samples [hop*j, hop*j + kernel), so
+        zero frames padded after an item's end leave its first F*hop samples unchanged."""
+        g = self.config.n_group
+        up = self.upsample(mel)[:, :, :n_samples]
+        steps = up.size(2) // g
+        up = up[:, :, :steps * g]
+        # cond[b, m*G + j, t] = up[b, m, t*G + j]  (NVIDIA's unfold/permute/view, as a reshape)
+        b, m, _ = up.shape
+        return up.reshape(b, m, steps, g).permute(0, 1, 3, 2).reshape(b, m * g, steps)
+
+    def _mask(self, lengths: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
+        """(B, 1, T) mask from per-item lengths in *frames* (None when no masking is wanted)."""
+        if lengths is None:
+            return None
+        item_steps = lengths.to(like.device) * self.config.hop_length // self.config.n_group
+        positions = torch.arange(steps, device=like.device)
+        return (positions[None, :] < item_steps[:, None]).to(like.dtype).unsqueeze(1)
+
+    def _split(self, audio: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(conditioning half, transformed half) of flow ``k``."""
+        n_half = audio.size(1) // 2
+        if self.config.alternate_halves and k % 2:
+            return audio[:, n_half:, :], audio[:, :n_half, :]
+        return audio[:, :n_half, :], audio[:, n_half:, :]
+
+    def _join(self, audio_0: Tensor, audio_1: Tensor, k: int) -> Tensor:
+        if self.config.alternate_halves and k % 2:
+            return torch.cat([audio_1, audio_0], 1)
+        return torch.cat([audio_0, audio_1], 1)
+
+    # -- inference -------------------------------------------------------------------------
+    def noise_shape(self, batch: int, frames: int) -> tuple[int, int, int]:
+        """Shape of the standard-normal ``z`` that :meth:`infer` consumes for ``frames`` frames."""
+        c = self.config
+        return (batch, c.n_group, frames * c.hop_length // c.n_group)
+
+    def infer(self, mel: Tensor, sigma: float = 1.0, z: Tensor | None = None,
+              lengths: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """(B, M, F) natural-log mel -> (B, F * hop) audio.
+
+        ``z`` (B, G, T) is standard-normal noise in the layout :meth:`forward` returns (early
+        outputs first, in flow order), so ``infer(mel, 1.0, z=forward(mel, audio)[0])`` gives
+        ``audio`` back.  Without ``z`` noise is drawn from ``generator``.  ``lengths`` (B,) in
+        frames masks padding so each item equals its unbatched synthesis."""
+        c = self.config
+        frames = mel.size(2)
+        cond = self.upsample_mel(mel, frames * c.hop_length)
+        steps = cond.size(2)
+        if z is None:
+            z = torch.randn(self.noise_shape(mel.size(0), frames), generator=generator,
+                            device=generator.device if generator is not None else "cpu")
+        if tuple(z.shape) != (mel.size(0), c.n_group, steps):
+            raise ValueError(f"noise has shape {tuple(z.shape)}, expected "
+                             f"{(mel.size(0), c.n_group, steps)}")
+        z = z.to(device=cond.device, dtype=cond.dtype)
+        mask = self._mask(lengths, steps, cond)
+
+        n_early_outputs = sum(c.is_early_flow(k) for k in range(c.n_flows))
+        audio = sigma * z[:, n_early_outputs * c.n_early_size:, :]
+        for k in reversed(range(c.n_flows)):
+            audio_0, audio_1 = self._split(audio, k)
+            output = self.WN[k](audio_0, cond, mask)
+            n_half = audio_1.size(1)
+            s, b = output[:, n_half:, :], output[:, :n_half, :]
+            audio_1 = (audio_1 - b) / torch.exp(s)
+            audio = self.convinv[k].inverse(self._join(audio_0, audio_1, k))
+            if c.is_early_flow(k):
+                n_early_outputs -= 1
+                start = n_early_outputs * c.n_early_size
+                audio = torch.cat([sigma * z[:, start:start + c.n_early_size, :], audio], 1)
+        return audio.permute(0, 2, 1).reshape(audio.size(0), -1)
+
+    # -- training direction ----------------------------------------------------------------
+    def forward(self, mel: Tensor, audio: Tensor, lengths: Tensor | None = None
+                ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """(B, M, F) mel and (B, S) audio -> (z (B, G, S/G), log_s per flow, log|det W| per flow).
+
+        As in NVIDIA's reference, the upsampled mel is cut to the audio's length and audio
+        beyond a whole group is dropped.  With ``lengths`` (frames) the WN inputs are masked as
+        in :meth:`infer`; the log-dets still count every step (callers mask per item)."""
+        c = self.config
+        n_samples = audio.size(1)
+        cond = self.upsample_mel(mel, n_samples)
+        if cond.size(2) * c.n_group < n_samples - n_samples % c.n_group:
+            raise ValueError(f"mel with {mel.size(2)} frames is too short for {n_samples} samples")
+        steps = cond.size(2)
+        x = audio[:, :steps * c.n_group].reshape(audio.size(0), steps, c.n_group).permute(0, 2, 1)
+        mask = self._mask(lengths, steps, cond)
+        early_outputs: list[Tensor] = []
+        log_s_list: list[Tensor] = []
+        log_det_list: list[Tensor] = []
+        for k in range(c.n_flows):
+            if c.is_early_flow(k):
+                early_outputs.append(x[:, :c.n_early_size, :])
+                x = x[:, c.n_early_size:, :]
+            x, log_det = self.convinv[k](x)
+            log_det_list.append(log_det)
+            audio_0, audio_1 = self._split(x, k)
+            output = self.WN[k](audio_0, cond, mask)
+            n_half = audio_1.size(1)
+            log_s, b = output[:, n_half:, :], output[:, :n_half, :]
+            audio_1 = torch.exp(log_s) * audio_1 + b
+            log_s_list.append(log_s)
+            x = self._join(audio_0, audio_1, k)
+        early_outputs.append(x)
+        return torch.cat(early_outputs, 1), log_s_list, log_det_list
+
+
+def waveglow_loss(z: Tensor, log_s_list: list[Tensor], log_det_w_list: list[Tensor],
+                  sigma: float = 1.0) -> Tensor:
+    """NVIDIA's WaveGlowLoss: (sum z^2 / 2 sigma^2 - sum log_s - sum log|det W|) / z.numel().
+
+    This is the negative log-likelihood per element without the Gaussian normalising constant
+    (0.5 log(2 pi sigma^2) per element), which is what ``train.py`` prints."""
+    log_s_total = sum(torch.sum(log_s) for log_s in log_s_list)
+    log_det_total = sum(log_det_w_list)
+    loss = torch.sum(z * z) / (2 * sigma * sigma) - log_s_total - log_det_total
+    return loss / z.numel()
+
+
+class WaveGlowLoss(nn.Module):
+    """Module form of :func:`waveglow_loss`, taking the tuple that :meth:`WaveGlow.forward` returns."""
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, model_output: tuple[Tensor, list[Tensor], list[Tensor]]) -> Tensor:
+        return waveglow_loss(*model_output, sigma=self.sigma)

@@ -1,0 +1,144 @@
+"""The checkpoint registry: ``checkpoints.toml`` (shipped) plus ``WAVEGLOW_REGISTRY`` entries.
+
+Resolution turns what a user typed (a path, a short name or an alias) into a local file:
+an existing path wins; a registry name maps to its file in the cache.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import CheckpointNotAvailableError, UnknownCheckpointError, UsageError
+from .settings import Settings
+
+DEFAULT_CHECKPOINT = "universal"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    urls: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+    sha256: str | None = None
+    size: int | None = None
+    archive: str | None = None      # "zip" when the download is an archive holding the file
+    member: str | None = None       # path of the checkpoint inside the archive
+    description: str = ""
+    license: str = ""
+    sample_rate: int = 22050
+    mel: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        """The checkpoint's file name in the cache."""
+        if self.member:
+            return Path(self.member).name
+        for url in self.urls:
+            leaf = Path(urlparse(url).path).name
+            if leaf.endswith((".pt", ".pth", ".safetensors", ".ckpt")):
+                return leaf
+        return f"{self.aliases[0] if self.aliases else self.name}.pt"
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[str, Any], origin: str) -> RegistryEntry:
+        def fail(reason: str) -> UsageError:
+            return UsageError(f"{origin}: entry [{name}]: {reason}")
+
+        urls = table.get("urls")
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise fail("'urls' must be a non-empty list of strings")
+        # NVIDIA publishes neither hashes nor byte sizes for most checkpoints; an entry without
+        # both is verified by structure on download and its sha256 recorded then.
+        sha = table.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64
+                                or any(c not in "0123456789abcdef" for c in sha.lower())):
+            raise fail("'sha256' must be 64 hex digits")
+        size = table.get("size")
+        if size is not None and (not isinstance(size, int) or size <= 0):
+            raise fail("'size' must be a positive integer (bytes)")
+        if table.get("archive") not in (None, "zip"):
+            raise fail("'archive' must be \"zip\"")
+        if table.get("archive") and not table.get("member"):
+            raise fail("an 'archive' needs a 'member'")
+        mel = table.get("mel", {})
+        if not isinstance(mel, Mapping):
+            raise fail("'mel' must be a table")
+        return cls(name=name, urls=tuple(urls), aliases=tuple(table.get("aliases", ())),
+                   sha256=sha.lower() if sha else None, size=size,
+                   archive=table.get("archive"), member=table.get("member"),
+                   description=str(table.get("description", "")),
+                   license=str(table.get("license", "")),
+                   sample_rate=int(table.get("sample_rate", 22050)), mel=dict(mel))
+
+
+def _parse(text: str, origin: str) -> dict[str, RegistryEntry]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{origin}: invalid TOML ({e})") from None
+    entries = {}
+    for name, table in data.items():
+        if not isinstance(table, Mapping):
+            raise UsageError(f"{origin}: top-level key {name!r} must be a table")
+        entries[name] = RegistryEntry.from_table(name, table, origin)
+    return entries
+
+
+def builtin_registry_text() -> str:
+    return resources.files("waveglow_cli").joinpath("checkpoints.toml").read_text("utf-8")
+
+
+@dataclass(frozen=True)
+class Registry:
+    entries: Mapping[str, RegistryEntry]
+
+    @classmethod
+    def load(cls, settings: Settings) -> Registry:
+        entries = _parse(builtin_registry_text(), "checkpoints.toml")
+        if settings.registry_file is not None:
+            try:
+                text = settings.registry_file.read_text("utf-8")
+            except OSError as e:
+                raise UsageError(f"{settings.registry_file}: cannot read WAVEGLOW_REGISTRY file "
+                                 f"({e.strerror or e})") from None
+            entries.update(_parse(text, str(settings.registry_file)))
+        return cls(entries)
+
+    def find(self, name: str) -> RegistryEntry | None:
+        if name in self.entries:
+            return self.entries[name]
+        stem = Path(name).stem if name.endswith((".pt", ".pth")) else name
+        return next((e for e in self.entries.values() if stem in e.aliases), None)
+
+
+def cached_path(entry: RegistryEntry, settings: Settings) -> Path:
+    return settings.checkpoint_dir / entry.name / entry.filename
+
+
+def resolve_checkpoint(spec: str, settings: Settings, registry: Registry | None = None) -> Path:
+    """A local file for ``spec``: an existing path, or a registry checkpoint already cached."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    registry = registry or Registry.load(settings)
+    entry = registry.find(spec)
+    if entry is None:
+        looks_like_path = any(sep in spec for sep in ("/", "\\")) or spec.endswith(
+            (".pt", ".pth", ".safetensors", ".ckpt"))
+        if looks_like_path:
+            raise UnknownCheckpointError(f"{spec}: no such checkpoint file")
+        names = ", ".join(sorted(registry.entries)) or "(none)"
+        raise UnknownCheckpointError(
+            f"unknown checkpoint {spec!r}: not a file and not a registry name (known: {names})")
+    local = cached_path(entry, settings)
+    if local.exists():
+        return local
+    raise CheckpointNotAvailableError(
+        f"checkpoint {entry.name!r} is not downloaded (looked in {local}); "
+        f"run `waveglow fetch {entry.name}` or pass --checkpoint PATH")

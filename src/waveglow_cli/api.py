@@ -1,21 +1,62 @@
-"""Library entry points that tie resolution, loading and devices together."""
+"""Library entry points that tie resolution, loading, mel settings and devices together."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from .audio_io import prepare_audio, read_audio, read_mel, sniff
 from .checkpoint import Checkpoint, read_checkpoint
+from .errors import AudioFileError, MelFileError
+from .mel import MelConfig, mel_spectrogram
 from .model import WaveGlow
-from .registry import resolve_checkpoint
+from .registry import Registry, RegistryEntry, resolve_checkpoint
 from .settings import Settings
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def open_checkpoint(spec: str, device: torch.device, settings: Settings,
-                    with_denoiser: bool = False) -> tuple[WaveGlow, Checkpoint, Denoise | None]:
+def mel_config_for(checkpoint: Checkpoint | None, entry: RegistryEntry | None) -> MelConfig:
+    """The mel settings a checkpoint expects: stored with it, else its registry entry's, else
+    NVIDIA's Tacotron 2 defaults (with the checkpoint's mel count and sample rate)."""
+    values: dict = {}
+    if entry is not None:
+        values.update(entry.mel)
+        values["sample_rate"] = entry.sample_rate
+    if checkpoint is not None:
+        values["sample_rate"] = checkpoint.sample_rate
+        values["n_mels"] = checkpoint.config.n_mel_channels
+        values["hop_length"] = checkpoint.config.hop_length
+        values.update(checkpoint.mel or {})
+    return MelConfig.from_dict(values)
+
+
+def registry_entry_for(spec: str, settings: Settings) -> RegistryEntry | None:
+    """The registry entry ``spec`` names (None for a path that exists)."""
+    if Path(spec).expanduser().exists():
+        return None
+    return Registry.load(settings).find(spec)
+
+
+@dataclass
+class LoadedVocoder:
+    model: WaveGlow
+    checkpoint: Checkpoint
+    mel_config: MelConfig
+    denoiser: Denoise | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.checkpoint.sample_rate
+
+
+def open_checkpoint(spec: str, device: torch.device | str, settings: Settings,
+                    with_denoiser: bool = False) -> LoadedVocoder:
     """Resolve ``spec`` (path or registry name), load it safely, build the model on ``device``,
     and (if asked) the denoiser for it."""
     checkpoint = read_checkpoint(resolve_checkpoint(spec, settings))
@@ -25,4 +66,41 @@ def open_checkpoint(spec: str, device: torch.device, settings: Settings,
         from .denoiser import Denoiser
 
         denoiser = Denoiser.for_model(model)
-    return model, checkpoint, denoiser
+    mel_config = mel_config_for(checkpoint, registry_entry_for(spec, settings))
+    return LoadedVocoder(model, checkpoint, mel_config, denoiser)
+
+
+def audio_to_mel(source: str | os.PathLike[str] | bytes, config: MelConfig, name: str | None = None
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Any audio file (or its bytes) -> (float32 (n_mels, frames) log mel, notes).
+
+    Multi-channel audio is averaged; another sample rate is resampled to ``config``'s."""
+    name = name or ("<stdin>" if isinstance(source, bytes) else str(source))
+    samples, rate = read_audio(source, name)
+    mono, notes = prepare_audio(samples, rate, config.sample_rate, name)
+    try:
+        mel = mel_spectrogram(torch.from_numpy(mono), config)[0]
+    except ValueError as e:  # too short to analyse
+        raise AudioFileError(name, str(e)) from None
+    return mel.numpy(), notes
+
+
+def load_synthesis_input(source: str | os.PathLike[str] | bytes, name: str, config: MelConfig
+                         ) -> tuple[np.ndarray, list[str]]:
+    """A mel file (.npy/.pt) or an audio file (copy synthesis), told apart by content."""
+    head = source[:64] if isinstance(source, bytes) else _head(source, name)
+    if sniff(head) == "audio":
+        return audio_to_mel(source, config, name)
+    return read_mel(source, name, n_mels=config.n_mels), []
+
+
+def _head(path: str | os.PathLike[str], name: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64)
+    except IsADirectoryError:
+        raise MelFileError(name, "is a directory") from None
+    except FileNotFoundError:
+        raise MelFileError(name, "no such file") from None
+    except OSError as e:
+        raise MelFileError(name, f"cannot read: {e.strerror or e}") from None

@@ -20,6 +20,8 @@ import numpy as np
 from .errors import AudioFileError, MelFileError, SynthesisError, UsageError
 
 SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
+                  ".w64", ".caf")
 # soundfile formats we write, by file extension
 _FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
@@ -142,6 +144,21 @@ def validate_mel(array: np.ndarray, name: str, n_mels: int | None = None) -> np.
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def encode_mel(mel: np.ndarray, fmt: str = "npy") -> bytes:
+    """A float32 mel as .npy bytes, or as a torch tensor file (what NVIDIA's inference.py reads)."""
+    mel = np.ascontiguousarray(mel, dtype=np.float32)
+    buffer = io.BytesIO()
+    if fmt == "npy":
+        np.save(buffer, mel, allow_pickle=False)
+    elif fmt == "pt":
+        import torch
+
+        torch.save(torch.from_numpy(mel), buffer)
+    else:
+        raise UsageError(f"unknown mel format {fmt!r}; use npy or pt")
+    return buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 # Audio out
 
@@ -229,3 +246,26 @@ def read_audio(source: str | os.PathLike[str] | bytes, name: str | None = None
     if samples.shape[0] == 0:
         raise AudioFileError(name, "audio has zero samples")
     return np.ascontiguousarray(samples.T), int(rate)
+
+
+def prepare_audio(samples: np.ndarray, rate: int, target_rate: int, name: str
+                  ) -> tuple[np.ndarray, list[str]]:
+    """(channels, S) float audio -> mono float32 at ``target_rate``, with notes on what changed.
+
+    Channels are averaged; another rate is resampled with soxr's high-quality filter.  Samples
+    beyond [-1, 1] (float files) are kept as they are: the mel is defined for them."""
+    notes = []
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2 and samples.shape[0] > 1:
+        notes.append(f"{name}: {samples.shape[0]} channels averaged to mono")
+        mono = samples.mean(axis=0)
+    else:
+        mono = samples.reshape(-1)
+    if rate != target_rate:
+        import soxr
+
+        notes.append(f"{name}: resampled from {rate} Hz to {target_rate} Hz")
+        mono = soxr.resample(mono, rate, target_rate, quality="HQ").astype(np.float32)
+    if not np.isfinite(mono).all():
+        raise AudioFileError(name, "audio contains NaN or infinite samples")
+    return np.ascontiguousarray(mono), notes

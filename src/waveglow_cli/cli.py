@@ -11,6 +11,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, NoReturn
 
 import typer
@@ -19,6 +20,7 @@ from rich.console import Console
 from . import __version__
 from .errors import (CheckpointNotAvailableError, InputFileError, OutputExistsError, UsageError,
                      WaveGlowError)
+from .registry import DEFAULT_CHECKPOINT
 from .settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,10 +46,11 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
-def report(error: BaseException, settings: Settings | None = None) -> int:
+def report(error: BaseException, settings: Settings | None = None,
+           console: Console | None = None) -> int:
     """Print ``error`` as one line on stderr and return the exit code it maps to."""
     code = next((c for t, c in _EXIT_CODES if isinstance(error, t)), EXIT_INPUT_FAILED)
-    _stderr().out(f"error: {error}")
+    (console or _stderr()).out(f"error: {error}")
     if settings is not None and settings.debug:
         traceback.print_exception(error, file=sys.stderr)
     return code
@@ -149,6 +152,66 @@ def check_output(item: Item, target: Path | None, inputs: set[Path], overwrite: 
     return True
 
 
+class ItemProgress:
+    """A rich progress bar on a TTY (stderr) for more than one item; silent otherwise."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.console = _stderr()
+        self._progress = None
+        if total > 1 and self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=self.console)
+            self._task = self._progress.add_task(label, total=total)
+
+    def __enter__(self) -> ItemProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def note(self, text: str) -> None:
+        self.console.out(f"note: {text}")
+
+
+def run_items(items: list[Item], outputs: list[Path | None], overwrite: bool, skip_existing: bool,
+              settings: Settings, label: str,
+              handle: Callable[[Item, Path | bytes, Path | None, ItemProgress], None]) -> int:
+    """Process every item, isolating failures: returns how many failed.  ``handle`` gets the
+    item's path (or stdin's bytes) and its target (None: stdout)."""
+    input_paths = {item.source.resolve() for item in items if item.source is not None}
+    stdin_bytes = sys.stdin.buffer.read() if any(i.source is None for i in items) else b""
+    failures = 0
+    with ItemProgress(len(items), label) as progress:
+        for item, target in zip(items, outputs):
+            try:
+                if check_output(item, target, input_paths, overwrite, skip_existing):
+                    handle(item, stdin_bytes if item.source is None else item.source, target,
+                           progress)
+            except UsageError as e:
+                _exit_with(e, settings)
+            except (WaveGlowError, OSError) as e:
+                failures += 1
+                report(e, settings, progress.console)
+            progress.advance()
+    return failures
+
+
+def write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 # ---------------------------------------------------------------------------------------------
 # synth
 
@@ -156,13 +219,13 @@ def check_output(item: Item, target: Path | None, inputs: set[Path], overwrite: 
 @app.command()
 def synth(
     inputs: Annotated[list[str], typer.Argument(
-        help="Mel files (.npy/.pt, (n_mels, frames), natural log), folders of them, or - for stdin.",
-        show_default=False)],
+        help="Mel files (.npy/.pt, (n_mels, frames), natural log), audio files (copy synthesis), "
+             "folders of them, or - for stdin.", show_default=False)],
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Output .wav/.flac for one input, a folder for several, - for stdout. "
                               "Default: <stem>.wav beside each input (stdout for stdin).")] = None,
     checkpoint: Annotated[str, typer.Option(
-        "-c", "--checkpoint", help="Checkpoint file or registry name.")] = "universal",
+        "-c", "--checkpoint", help="Checkpoint file or registry name.")] = DEFAULT_CHECKPOINT,
     sigma: Annotated[float, typer.Option(help="Noise scale (NVIDIA recommends 0.6).", min=0.0)] = 0.6,
     seed: Annotated[int | None, typer.Option(
         help="Seed: each file's noise then depends only on (seed, its relative path).")] = None,
@@ -174,50 +237,96 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     skip_existing: Annotated[bool, typer.Option(help="Keep existing outputs (resume).")] = False,
 ) -> None:
-    """Vocode mel spectrograms into audio."""
-    from .api import open_checkpoint
-    from .audio_io import finalize_audio, output_format, read_mel, write_audio, encode_audio
+    """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
+    from .api import load_synthesis_input, open_checkpoint
+    from .audio_io import AUDIO_SUFFIXES, encode_audio, finalize_audio, output_format, write_audio
     from .synthesis import SynthesisOptions, pick_device, synthesize
 
     settings = Settings.from_env()
     try:
         if overwrite and skip_existing:
             raise UsageError("--overwrite and --skip-existing exclude each other")
-        items = discover(inputs, MEL_SUFFIXES)
+        items = discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES)
         outputs = plan_outputs(items, output, ".wav")
         for target in outputs:
             output_format(target if target is not None else "-", subtype)
         options = SynthesisOptions(sigma=sigma, seed=seed, denoiser_strength=denoiser_strength)
         torch_device = pick_device(device)
-    except (WaveGlowError, ValueError) as e:
-        _exit_with(e, settings)
-    try:
-        model, ckpt, denoiser = open_checkpoint(checkpoint, torch_device, settings,
-                                                with_denoiser=denoiser_strength > 0)
+        vocoder = open_checkpoint(checkpoint, torch_device, settings,
+                                  with_denoiser=denoiser_strength > 0)
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 
-    input_paths = {item.source.resolve() for item in items if item.source is not None}
-    failures = 0
-    stdin_bytes = sys.stdin.buffer.read() if any(i.source is None for i in items) else b""
-    for item, target in zip(items, outputs):
-        try:
-            if not check_output(item, target, input_paths, overwrite, skip_existing):
-                continue
-            mel = read_mel(stdin_bytes if item.source is None else item.source, item.display,
-                           n_mels=model.config.n_mel_channels)
-            audio = synthesize(model, mel, options, key=item.key, denoiser=denoiser)
-            audio = finalize_audio(audio, item.display, subtype)
-            if target is None:
-                sys.stdout.buffer.write(encode_audio(audio, ckpt.sample_rate, subtype))
-                sys.stdout.buffer.flush()
-            else:
-                write_audio(target, audio, ckpt.sample_rate, subtype)
-        except UsageError as e:
-            _exit_with(e, settings)
-        except (WaveGlowError, OSError) as e:
-            failures += 1
-            report(e, settings)
+    def handle(item: Item, source: Path | bytes, target: Path | None, progress: ItemProgress) -> None:
+        mel, notes = load_synthesis_input(source, item.display, vocoder.mel_config)
+        for text in notes:
+            progress.note(text)
+        audio = synthesize(vocoder.model, mel, options, key=item.key, denoiser=vocoder.denoiser)
+        audio = finalize_audio(audio, item.display, subtype)
+        if target is None:
+            write_stdout(encode_audio(audio, vocoder.sample_rate, subtype))
+        else:
+            write_audio(target, audio, vocoder.sample_rate, subtype)
+
+    failures = run_items(items, outputs, overwrite, skip_existing, settings, "synth", handle)
+    raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
+
+
+# ---------------------------------------------------------------------------------------------
+# mel
+
+
+@app.command()
+def mel(
+    inputs: Annotated[list[str], typer.Argument(
+        help="Audio files (WAV, FLAC, OGG, ...), folders of them, or - for stdin.",
+        show_default=False)],
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="Output file for one input, a folder for several, - for stdout. "
+                              "Default: <stem>.npy beside each input (stdout for stdin).")] = None,
+    checkpoint: Annotated[str, typer.Option(
+        "-c", "--checkpoint", help="Whose mel settings to use: registry name or checkpoint file.")
+    ] = DEFAULT_CHECKPOINT,
+    fmt: Annotated[str, typer.Option("--format", help="npy, or pt (a torch tensor, as NVIDIA's "
+                                                      "inference.py reads).")] = "npy",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    skip_existing: Annotated[bool, typer.Option(help="Keep existing outputs (resume).")] = False,
+) -> None:
+    """Compute Tacotron 2 mel spectrograms (float32, (n_mels, frames), natural log)."""
+    from .api import audio_to_mel, mel_config_for
+    from .audio_io import AUDIO_SUFFIXES, atomic_write, encode_mel
+    from .checkpoint import read_checkpoint
+    from .registry import Registry
+
+    settings = Settings.from_env()
+    try:
+        if overwrite and skip_existing:
+            raise UsageError("--overwrite and --skip-existing exclude each other")
+        if fmt not in ("npy", "pt"):
+            raise UsageError(f"unknown --format {fmt!r}; use npy or pt")
+        items = discover(inputs, AUDIO_SUFFIXES)
+        outputs = plan_outputs(items, output, f".{fmt}")
+        entry = Registry.load(settings).find(checkpoint)
+        if entry is not None and not Path(checkpoint).exists():
+            config = mel_config_for(None, entry)
+        else:
+            from .registry import resolve_checkpoint
+
+            config = mel_config_for(read_checkpoint(resolve_checkpoint(checkpoint, settings)), None)
+    except (WaveGlowError, ValueError) as e:
+        _exit_with(e, settings)
+
+    def handle(item: Item, source: Path | bytes, target: Path | None, progress: ItemProgress) -> None:
+        spectrogram, notes = audio_to_mel(source, config, item.display)
+        for text in notes:
+            progress.note(text)
+        data = encode_mel(spectrogram, fmt)
+        if target is None:
+            write_stdout(data)
+        else:
+            atomic_write(target, lambda tmp: tmp.write_bytes(data))
+
+    failures = run_items(items, outputs, overwrite, skip_existing, settings, "mel", handle)
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
 
 

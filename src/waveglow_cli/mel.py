@@ -14,16 +14,14 @@ The numbers are those of NVIDIA's ``tacotron2/layers.py`` ``TacotronSTFT.mel_spe
   (``librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)``, ``htk=False``);
 * the result is ``log(clamp(mel, min=1e-5))`` (natural log), float32.
 
-NVIDIA computes the DFT as a ``conv1d`` with a windowed Fourier basis in float32; we use
-``torch.stft`` (an FFT), the same linear map, in float64, with NVIDIA's parameters as NVIDIA holds
-them (the window and the filterbank rounded to float32), and round only the log mel to float32.
-So every device gives the same numbers (the exact value of NVIDIA's map, up to the final
-rounding), and we differ from NVIDIA only by its own float32 rounding: ~1e-6 relative in the
-linear domain, which near the 1e-5 floor (quiet bands of loud tonal frames) is up to a few 1e-3 in
-the log domain.  Against librosa in float64 with its float64 window the float32 window alone moves
-such floor-level bands by up to ~1e-3 in log (~1e-9 absolute).  See ``tests/test_mel.py``.  The
-input is rounded to float32 first, as the reference's is.  Unlike NVIDIA we do not assert that the
-input lies in ``[-1, 1]``: louder input is processed as is.
+NVIDIA computes the DFT as a ``conv1d`` with a windowed Fourier basis in float32, and so do we,
+op for op (basis built in the same order, same padding, same magnitude and matmul), because the
+checkpoints were trained on those numbers: near the 1e-5 floor (quiet bands of loud frames)
+float32 rounding shows in the log domain by up to a few 1e-3, and an "exact" float64 STFT would
+differ from the reference by that much.  On the CPU we match NVIDIA's TacotronSTFT to within
+1e-6 in the log domain (measured on speech-like audio, noise and a chirp; the only difference is
+a correctly rounded square root, see _conv_magnitude); on CUDA the convolution runs without TF32.  Unlike NVIDIA we do not assert that the input lies in
+``[-1, 1]``: louder input is processed as is.
 
 :class:`STFT` reproduces ``stft.py``'s ``STFT.transform``/``STFT.inverse`` (magnitude and phase
 out, overlap-add with division by the window's sum-square envelope and ``n_fft // 2`` trims back),
@@ -197,8 +195,9 @@ def hann_window(win_length: int, n_fft: int | None = None) -> Tensor:
     n_fft = win_length if n_fft is None else n_fft
     if win_length < 1 or n_fft < win_length:
         raise ValueError(f"need 1 <= win_length={win_length} <= n_fft={n_fft}")
-    n = np.arange(win_length, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
+    from scipy.signal import get_window  # the reference's window, to the last bit
+
+    window = get_window("hann", win_length, fftbins=True)
     left = (n_fft - win_length) // 2
     padded = np.zeros(n_fft, dtype=np.float64)
     padded[left:left + win_length] = window
@@ -261,20 +260,45 @@ def _complex_stft(audio: Tensor, window: Tensor, n_fft: int, hop_length: int) ->
                       pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
 
 
-def _log_mel(audio: Tensor, mel_basis: Tensor, window: Tensor, config: MelConfig) -> Tensor:
+def fourier_basis(n_fft: int, window: Tensor) -> Tensor:
+    """NVIDIA's analysis basis: rows cos / -sin of the one-sided DFT, times the window, as a
+    float32 conv1d weight (2K, 1, n_fft).  Built in the reference's order (float64 DFT matrix,
+    cast to float32, then multiplied by the float32 window) so it is bit-identical to it."""
+    dft = np.fft.fft(np.eye(n_fft))
+    cutoff = n_fft // 2 + 1
+    basis = np.vstack([np.real(dft[:cutoff, :]), np.imag(dft[:cutoff, :])])
+    return torch.tensor(basis[:, None, :], dtype=torch.float32) * window.float()
+
+
+def _conv_magnitude(audio: Tensor, basis: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """|STFT| (B, K, T) by NVIDIA's arithmetic: reflect pad, float32 conv1d, sqrt(re^2 + im^2)."""
+    x = F.pad(audio.unsqueeze(1), (n_fft // 2, n_fft // 2), mode="reflect")
+    if x.is_cuda:  # TF32 convolutions would cost ~1e-3 relative accuracy
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            spec = F.conv1d(x, basis.to(x.device), stride=hop_length)
+    else:
+        spec = F.conv1d(x, basis.to(x.device), stride=hop_length)
+    cutoff = n_fft // 2 + 1
+    power = spec[:, :cutoff, :] ** 2 + spec[:, cutoff:, :] ** 2
+    if power.device.type == "cpu":
+        # numpy's float32 sqrt is the correctly rounded hardware instruction, the bits NVIDIA's
+        # torch.sqrt gives.  torch's own vectorised CPU sqrt was not repeatable on this
+        # machine: in some processes (measured: 8 in 60) half of the elements of the first call
+        # came out ~1e-4 off.
+        return torch.from_numpy(np.sqrt(power.numpy()))
+    return torch.sqrt(power)
+
+
+def _log_mel(audio: Tensor, mel_basis: Tensor, basis: Tensor, config: MelConfig) -> Tensor:
+    # Op for op what NVIDIA's TacotronSTFT.mel_spectrogram does, in float32: the checkpoints were
+    # trained on these numbers, and near the 1e-5 floor float rounding shows in the log domain
+    # (an exact float64 STFT differs from the reference by up to ~5e-3 there), so we reproduce
+    # the reference's rounding rather than improve on it.
     _check_length(audio.size(-1), config.n_fft)
-    device = audio.device
-    # The arithmetic is float64, on the input's device (on the CPU for MPS, which has no float64),
-    # and only the log mel is rounded to float32.  In float32, absolute errors are ~1e-7 times the
-    # frame's largest magnitude (NVIDIA's conv1d, and equally any float32 FFT); near the 1e-5 floor
-    # that is up to ~1e-2 in the log domain, and MKL/pocketfft on the CPU and cuFFT on a GPU would
-    # disagree with each other by as much.  The window and filterbank stay NVIDIA's float32 values.
-    work = device if device.type in ("cpu", "cuda") else torch.device("cpu")
-    x = audio.to(device=work, dtype=torch.float64)
-    magnitude = _complex_stft(x, window.to(work, torch.float64), config.n_fft,
-                              config.hop_length).abs()
-    mel = torch.matmul(mel_basis.to(device=work, dtype=torch.float64), magnitude)
-    return torch.log(torch.clamp(mel, min=config.clip_min)).to(device=device, dtype=torch.float32)
+    x = audio.float()
+    magnitude = _conv_magnitude(x, basis, config.n_fft, config.hop_length)
+    mel = torch.matmul(mel_basis.to(x.device), magnitude)
+    return torch.log(torch.clamp(mel, min=config.clip_min))
 
 
 class MelSpectrogram(nn.Module):
@@ -297,12 +321,15 @@ class MelSpectrogram(nn.Module):
         super().__init__()
         self.config = config or MelConfig()
         self.register_buffer("mel_basis", mel_filterbank(self.config), persistent=False)
-        self.register_buffer("window", hann_window(self.config.win_length, self.config.n_fft),
+        window = hann_window(self.config.win_length, self.config.n_fft)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("fourier_basis", fourier_basis(self.config.n_fft, window),
                              persistent=False)
 
     def forward(self, audio: Tensor | np.ndarray) -> Tensor:
         x, _ = _as_audio(audio)
-        return _log_mel(x.to(self.mel_basis.device), self.mel_basis, self.window, self.config)
+        return _log_mel(x.to(self.mel_basis.device), self.mel_basis, self.fourier_basis,
+                        self.config)
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -323,7 +350,7 @@ def mel_spectrogram(audio: Tensor | np.ndarray, config: MelConfig | None = None)
     c = config or MelConfig()
     x, _ = _as_audio(audio)
     module = _cached_module(c)
-    return _log_mel(x, module.mel_basis, module.window, c)
+    return _log_mel(x, module.mel_basis, module.fourier_basis, c)
 
 
 class STFT(nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio_io import prepare_audio, read_audio, read_mel, sniff
+from .audio_io import prepare_audio, read_audio, read_bytes, read_mel, sniff
 from .checkpoint import Checkpoint, read_checkpoint
 from .errors import AudioFileError, MelFileError
 from .mel import MelConfig, mel_spectrogram
@@ -88,19 +88,7 @@ def audio_to_mel(source: str | os.PathLike[str] | bytes, config: MelConfig, name
 def load_synthesis_input(source: str | os.PathLike[str] | bytes, name: str, config: MelConfig
                          ) -> tuple[np.ndarray, list[str]]:
     """A mel file (.npy/.pt) or an audio file (copy synthesis), told apart by content."""
-    head = source[:64] if isinstance(source, bytes) else _head(source, name)
+    head = source[:64] if isinstance(source, bytes) else read_bytes(source, name, MelFileError, 64)
     if sniff(head) == "audio":
         return audio_to_mel(source, config, name)
     return read_mel(source, name, n_mels=config.n_mels), []
-
-
-def _head(path: str | os.PathLike[str], name: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(64)
-    except IsADirectoryError:
-        raise MelFileError(name, "is a directory") from None
-    except FileNotFoundError:
-        raise MelFileError(name, "no such file") from None
-    except OSError as e:
-        raise MelFileError(name, f"cannot read: {e.strerror or e}") from None

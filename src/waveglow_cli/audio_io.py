@@ -45,9 +45,12 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
-def _read_bytes(source: str | os.PathLike[str], name: str, error: type) -> bytes:
+def read_bytes(source: str | os.PathLike[str], name: str, error: type,
+               limit: int | None = None) -> bytes:
+    """The file's bytes (its first ``limit`` only, if given); failures as ``error(name, reason)``."""
     try:
-        return Path(source).read_bytes()
+        with open(source, "rb") as f:
+            return f.read() if limit is None else f.read(limit)
     except IsADirectoryError:
         raise error(name, "is a directory") from None
     except FileNotFoundError:
@@ -70,7 +73,7 @@ def read_mel(source: str | os.PathLike[str] | bytes, name: str | None = None,
         data, name = source, name or "<stdin>"
     else:
         name = name or str(source)
-        data = _read_bytes(source, name, MelFileError)
+        data = read_bytes(source, name, MelFileError)
     if not data:
         raise MelFileError(name, "file is empty")
     kind = sniff(data[:64])
@@ -233,7 +236,7 @@ def read_audio(source: str | os.PathLike[str] | bytes, name: str | None = None
         data, name = source, name or "<stdin>"
     else:
         name = name or str(source)
-        data = _read_bytes(source, name, AudioFileError)
+        data = read_bytes(source, name, AudioFileError)
     if not data:
         raise AudioFileError(name, "file is empty")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -113,24 +114,37 @@ def test_one_bad_file_does_not_stop_the_others(tmp_path, tiny_checkpoint):
     (mels / "sub").mkdir(parents=True)
     rng = np.random.default_rng(2)
     np.save(mels / "a.npy", rng.normal(size=(N_MELS, 5)).astype(np.float32))
-    np.save(mels / "sub" / "b.npy", rng.normal(size=(N_MELS, 9)).astype(np.float32))
+    torch.save(torch.randn(N_MELS, 9), mels / "sub" / "b.pt")
     np.save(mels / "wrong_mels.npy", rng.normal(size=(N_MELS + 1, 5)).astype(np.float32))
     np.save(mels / "transposed.npy", rng.normal(size=(5, N_MELS)).astype(np.float32))
     (mels / "page.pt").write_bytes(b"<!DOCTYPE html><html>Google Drive - Quota exceeded</html>")
+    (mels / "garbage.npy").write_bytes(os.urandom(300))
+    (mels / "empty.npy").write_bytes(b"")
     np.save(mels / "nan.npy", np.full((N_MELS, 4), np.nan, dtype=np.float32))
     out = tmp_path / "wavs"
-    r = run_cli("synth", mels, "-o", out, "-c", tiny_checkpoint)
+    r = run_cli("synth", mels, "-o", out, "-c", tiny_checkpoint, "--batch-size", "3")
     err = r.stderr.decode()
     assert r.returncode == 1, err
     assert sf.info(out / "a.wav").frames == 5 * 256
     assert sf.info(out / "sub" / "b.wav").frames == 9 * 256
-    for name, reason in [("wrong_mels.npy", "expects 4"), ("transposed.npy", "transpose"),
-                         ("page.pt", "HTML page"), ("nan.npy", "NaN")]:
+    # (frames, n_mels) is unambiguous here: transposed, with a note
+    assert sf.info(out / "transposed.wav").frames == 5 * 256
+    assert "transposed" in next(l for l in err.splitlines() if "transposed.npy" in l)
+    for name, reason in [("wrong_mels.npy", "expects 4"), ("page.pt", "HTML page"),
+                         ("nan.npy", "NaN"), ("garbage.npy", "not a mel spectrogram"),
+                         ("empty.npy", "empty")]:
         line = next(l for l in err.splitlines() if name in l)
-        assert reason in line, line
+        assert line.startswith("error:") and reason in line, line
         assert not (out / name).with_suffix(".wav").exists()
     assert "Traceback" not in err
-    assert sorted(p.name for p in out.rglob("*")) == ["a.wav", "b.wav", "sub"]
+    assert err.strip().splitlines()[-1] == "written 3, skipped 0, failed 5 (0.2 s of audio)"
+    assert sorted(p.name for p in out.rglob("*")) == ["a.wav", "b.wav", "sub", "transposed.wav"]
+    # --mel-layout CT refuses the transposed file instead, and --fail-fast stops at the first
+    r = run_cli("synth", mels / "transposed.npy", "-o", tmp_path / "t.wav", "-c", tiny_checkpoint,
+                "--mel-layout", "CT")
+    assert r.returncode == 1 and b"transpose it" in r.stderr
+    r = run_cli("synth", mels, "-o", tmp_path / "ff", "-c", tiny_checkpoint, "--fail-fast")
+    assert r.returncode == 1 and r.stderr.decode().count("error:") == 1
 
 
 def test_model_producing_nan_writes_nothing(tmp_path):

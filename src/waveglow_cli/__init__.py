@@ -1,3 +1,29 @@
-"""waveglow-cli: NVIDIA's WaveGlow vocoder as a safe, exact command line tool and library."""
+"""waveglow-cli: NVIDIA's WaveGlow vocoder as a safe, exact command line tool and library.
+
+    from waveglow_cli import load_vocoder, mel_spectrogram
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["load_vocoder", "mel_spectrogram", "MelConfig", "Vocoder", "WaveGlow",
+           "WaveGlowConfig", "__version__"]
+
+if TYPE_CHECKING:
+    from .mel import MelConfig, mel_spectrogram
+    from .model import WaveGlow, WaveGlowConfig
+    from .vocoder import Vocoder, load_vocoder
+
+_LAZY = {"load_vocoder": "vocoder", "Vocoder": "vocoder", "mel_spectrogram": "mel",
+         "MelConfig": "mel", "WaveGlow": "model", "WaveGlowConfig": "model"}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `waveglow --help` should not pay for importing torch.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

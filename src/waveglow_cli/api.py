@@ -15,7 +15,7 @@ from .checkpoint import Checkpoint, read_checkpoint
 from .errors import AudioFileError, MelFileError
 from .mel import MelConfig, mel_spectrogram
 from .model import WaveGlow
-from .registry import Registry, RegistryEntry, resolve_checkpoint
+from .registry import Registry, RegistryEntry, ensure_checkpoint
 from .settings import Settings
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
@@ -56,11 +56,13 @@ class LoadedVocoder:
 
 
 def open_checkpoint(spec: str, device: torch.device | str, settings: Settings,
-                    with_denoiser: bool = False) -> LoadedVocoder:
+                    with_denoiser: bool = False, dtype: torch.dtype = torch.float32
+                    ) -> LoadedVocoder:
     """Resolve ``spec`` (path or registry name), load it safely, build the model on ``device``,
     and (if asked) the denoiser for it."""
-    checkpoint = read_checkpoint(resolve_checkpoint(spec, settings))
-    model = checkpoint.build_model(device)
+    # A registry name not yet cached is downloaded first (unless offline).
+    checkpoint = read_checkpoint(ensure_checkpoint(spec, settings))
+    model = checkpoint.build_model(device, dtype)
     denoiser = None
     if with_denoiser:
         from .denoiser import Denoiser
@@ -85,10 +87,12 @@ def audio_to_mel(source: str | os.PathLike[str] | bytes, config: MelConfig, name
     return mel.numpy(), notes
 
 
-def load_synthesis_input(source: str | os.PathLike[str] | bytes, name: str, config: MelConfig
-                         ) -> tuple[np.ndarray, list[str]]:
+def load_synthesis_input(source: str | os.PathLike[str] | bytes, name: str, config: MelConfig,
+                         layout: str = "auto", scale: str = "ln") -> tuple[np.ndarray, list[str]]:
     """A mel file (.npy/.pt) or an audio file (copy synthesis), told apart by content."""
     head = source[:64] if isinstance(source, bytes) else read_bytes(source, name, MelFileError, 64)
     if sniff(head) == "audio":
         return audio_to_mel(source, config, name)
-    return read_mel(source, name, n_mels=config.n_mels), []
+    notes: list[str] = []
+    mel = read_mel(source, name, n_mels=config.n_mels, layout=layout, scale=scale, notes=notes)
+    return mel, notes

@@ -9,6 +9,7 @@ file and the reason.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import tempfile
@@ -63,12 +64,20 @@ def read_bytes(source: str | os.PathLike[str], name: str, error: type,
 # Mels
 
 
+MEL_LAYOUTS = ("auto", "CT", "TC")
+MEL_SCALES = ("ln", "log10", "db")
+
+
 def read_mel(source: str | os.PathLike[str] | bytes, name: str | None = None,
-             n_mels: int | None = None) -> np.ndarray:
+             n_mels: int | None = None, layout: str = "CT", scale: str = "ln",
+             notes: list[str] | None = None) -> np.ndarray:
     """A mel spectrogram as float32 (n_mels, frames), natural-log magnitude (Tacotron 2).
 
     ``source`` is a path or the file's bytes (stdin); ``name`` is what errors call it.
-    A leading batch axis of size 1 is dropped.  With ``n_mels`` the first axis must match."""
+    A leading batch axis of size 1 is dropped.  With ``n_mels`` the channel axis must match.
+    ``layout`` says which axis holds the channels: CT (channels, time), TC, or auto (transpose
+    only when the shape says so unambiguously, with a note).  ``scale`` converts other toolkits'
+    log mels to the natural log: log10, or db (20 log10 of the magnitude)."""
     if isinstance(source, bytes):
         data, name = source, name or "<stdin>"
     else:
@@ -87,6 +96,22 @@ def read_mel(source: str | os.PathLike[str] | bytes, name: str | None = None,
         raise MelFileError(name, "is an audio file, not a mel spectrogram")
     else:
         raise MelFileError(name, "not a mel spectrogram (expected a .npy array or a torch .pt tensor)")
+    if layout not in MEL_LAYOUTS or scale not in MEL_SCALES:
+        raise UsageError(f"mel layout must be one of {MEL_LAYOUTS} and scale one of {MEL_SCALES}")
+    if array.dtype.kind == "f":
+        while array.ndim > 2 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim == 2 and (layout == "TC" or (
+                layout == "auto" and n_mels is not None
+                and array.shape[1] == n_mels and array.shape[0] != n_mels)):
+            if layout == "auto" and notes is not None:
+                notes.append(f"{name}: mel of shape {array.shape} read as (frames, n_mels) and "
+                             "transposed")
+            array = array.T
+        if scale == "log10":
+            array = array * np.float32(math.log(10.0))
+        elif scale == "db":
+            array = array * np.float32(math.log(10.0) / 20.0)
     return validate_mel(array, name, n_mels)
 
 

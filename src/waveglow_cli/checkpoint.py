@@ -56,8 +56,8 @@ class Checkpoint:
         """A ready-to-infer model (eval mode, inverses computed in float64 then cast)."""
         model = WaveGlow(self.config)
         model.load_state_dict(self.state_dict, strict=True)
-        model.to(device=device, dtype=dtype)
-        return model.eval()
+        model.eval()  # inverses computed from the float32 weights, then cast with them
+        return model.to(device=device, dtype=dtype)
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import (CheckpointNotAvailableError, InputFileError, OutputExistsError, UsageError,
-                     WaveGlowError)
+from .errors import (CheckpointNotAvailableError, InputFileError, OutputExistsError,
+                     SynthesisError, UsageError, WaveGlowError)
 from .registry import DEFAULT_CHECKPOINT
 from .settings import Settings
 
@@ -162,10 +162,10 @@ class ItemProgress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
-            self._progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+            self._progress = Progress(TextColumn(label), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TimeRemainingColumn(),
                                       console=self.console)
-            self._task = self._progress.add_task(label, total=total)
+            self._task = self._progress.add_task("", total=total)
 
     def __enter__(self) -> ItemProgress:
         if self._progress is not None:
@@ -176,9 +176,17 @@ class ItemProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def advance(self) -> None:
+    def advance(self, seconds: float | None = None) -> None:
         if self._progress is not None:
             self._progress.advance(self._task)
+            if seconds is not None:
+                elapsed = self._progress.tasks[0].elapsed or 0.0
+                rtf = f", {seconds / elapsed:.1f}x real time" if elapsed > 0 else ""
+                self._progress.update(self._task, description=f"{seconds:.0f} s of audio{rtf}")
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
     def note(self, text: str) -> None:
         self.console.out(f"note: {text}")
@@ -216,11 +224,42 @@ def write_stdout(data: bytes) -> None:
 # synth
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the inputs under torchrun (rank r takes items r, r+N, ...)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _all_ranks_sum(value: int, shard: Shard) -> int:
+    """Sum ``value`` over all torchrun ranks (gloo), so every rank exits with the job's status."""
+    if shard.world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    total = torch.tensor([value])
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return int(total.item())
+
+
 @app.command()
 def synth(
     inputs: Annotated[list[str], typer.Argument(
-        help="Mel files (.npy/.pt, (n_mels, frames), natural log), audio files (copy synthesis), "
-             "folders of them, or - for stdin.", show_default=False)],
+        help="Mel files (.npy/.pt, natural log), audio files (copy synthesis), folders of them "
+             "(recursive), or - for stdin.", show_default=False)],
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Output .wav/.flac for one input, a folder for several, - for stdout. "
                               "Default: <stem>.wav beside each input (stdout for stdin).")] = None,
@@ -230,46 +269,143 @@ def synth(
     seed: Annotated[int | None, typer.Option(
         help="Seed: each file's noise then depends only on (seed, its relative path).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
     subtype: Annotated[str, typer.Option(help="PCM_16, PCM_24, PCM_32 or FLOAT.")] = "PCM_16",
     denoiser_strength: Annotated[float, typer.Option(
         help="Subtract this much of the model's bias spectrum (NVIDIA's denoiser); 0 = off.",
         min=0.0)] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Items per forward pass.", min=1)] = 8,
+    max_frames: Annotated[int, typer.Option(
+        help="Longest piece in frames (256 samples); longer inputs are cut into exact "
+             "overlapping pieces, bounding memory.", min=1)] = 2048,
+    batch_frames: Annotated[int, typer.Option(
+        help="Memory budget: padded frames per batch.", min=1)] = 16384,
+    mel_layout: Annotated[str, typer.Option(
+        help="auto, CT (n_mels, frames) or TC (frames, n_mels).")] = "auto",
+    mel_scale: Annotated[str, typer.Option(
+        help="ln (Tacotron 2), log10, or db (20 log10 magnitude).")] = "ln",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     skip_existing: Annotated[bool, typer.Option(help="Keep existing outputs (resume).")] = False,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed input.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary.")
+                     ] = False,
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
     from .api import load_synthesis_input, open_checkpoint
-    from .audio_io import AUDIO_SUFFIXES, encode_audio, finalize_audio, output_format, write_audio
-    from .synthesis import SynthesisOptions, pick_device, synthesize
+    from .audio_io import (AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES, encode_audio, finalize_audio,
+                           output_format, write_audio)
+    from .synthesis import (BatchOptions, SynthesisOptions, Synthesizer, pick_device, pick_dtype)
 
     settings = Settings.from_env()
+    shard = Shard.from_env()
     try:
         if overwrite and skip_existing:
             raise UsageError("--overwrite and --skip-existing exclude each other")
+        if mel_layout not in MEL_LAYOUTS or mel_scale not in MEL_SCALES:
+            raise UsageError(f"--mel-layout takes {', '.join(MEL_LAYOUTS)}; "
+                             f"--mel-scale takes {', '.join(MEL_SCALES)}")
         items = discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES)
         outputs = plan_outputs(items, output, ".wav")
         for target in outputs:
             output_format(target if target is not None else "-", subtype)
+        refuse_overwriting_inputs(items, outputs)
+        if shard.world > 1:
+            if any(item.source is None or target is None for item, target in zip(items, outputs)):
+                raise UsageError("stdin/stdout cannot be shared between torchrun processes")
+            items, outputs = items[shard.rank::shard.world], outputs[shard.rank::shard.world]
         options = SynthesisOptions(sigma=sigma, seed=seed, denoiser_strength=denoiser_strength)
+        batching = BatchOptions(batch_size=batch_size, max_frames=max_frames,
+                                batch_frames=batch_frames)
+        if device == "auto" and shard.world > 1:
+            import torch
+
+            if torch.cuda.is_available():
+                device = f"cuda:{shard.local_rank % torch.cuda.device_count()}"
         torch_device = pick_device(device)
+        dtype = pick_dtype(precision, torch_device)
         vocoder = open_checkpoint(checkpoint, torch_device, settings,
-                                  with_denoiser=denoiser_strength > 0)
+                                  with_denoiser=denoiser_strength > 0, dtype=dtype)
+        synthesizer = Synthesizer(vocoder.model, options, batching, vocoder.denoiser)
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 
-    def handle(item: Item, source: Path | bytes, target: Path | None, progress: ItemProgress) -> None:
-        mel, notes = load_synthesis_input(source, item.display, vocoder.mel_config)
-        for text in notes:
-            progress.note(text)
-        audio = synthesize(vocoder.model, mel, options, key=item.key, denoiser=vocoder.denoiser)
-        audio = finalize_audio(audio, item.display, subtype)
-        if target is None:
-            write_stdout(encode_audio(audio, vocoder.sample_rate, subtype))
-        else:
-            write_audio(target, audio, vocoder.sample_rate, subtype)
+    counts = {"written": 0, "skipped": 0, "failed": 0}
+    console = _stderr()
+    input_paths = {item.source.resolve() for item in items if item.source is not None}
+    stdin_bytes = sys.stdin.buffer.read() if any(i.source is None for i in items) else b""
+    targets = {item.key: (item, target) for item, target in zip(items, outputs)}
 
-    failures = run_items(items, outputs, overwrite, skip_existing, settings, "synth", handle)
-    raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
+    def fail(error: BaseException, progress: ItemProgress) -> None:
+        counts["failed"] += 1
+        report(error, settings, progress.console)
+        if fail_fast:
+            progress.stop()
+            _summary(console, counts, quiet)
+            raise typer.Exit(EXIT_INPUT_FAILED)
+
+    def load_window(window: list[tuple[Item, Path | None]], progress: ItemProgress
+                    ) -> list[tuple[str, object]]:
+        loaded = []
+        for item, target in window:
+            try:
+                if not check_output(item, target, input_paths, overwrite, skip_existing):
+                    counts["skipped"] += 1
+                    progress.advance()
+                    continue
+                source = stdin_bytes if item.source is None else item.source
+                mel, notes = load_synthesis_input(source, item.display, vocoder.mel_config,
+                                                  mel_layout, mel_scale)
+                for text in notes if not quiet else ():
+                    progress.note(text)
+                loaded.append((item.key, mel))
+            except UsageError as e:
+                _exit_with(e, settings)
+            except (WaveGlowError, OSError) as e:
+                fail(e, progress)
+                progress.advance()
+        return loaded
+
+    window_size = max(batch_size * 8, 64)
+    pairs = list(zip(items, outputs))
+    total_seconds = 0.0
+    with ItemProgress(0 if quiet else len(items), "synth") as progress:
+        for start in range(0, len(pairs), window_size):
+            loaded = load_window(pairs[start:start + window_size], progress)
+            for key, result in synthesizer.run(loaded):
+                item, target = targets[key]
+                try:
+                    if isinstance(result, BaseException):
+                        raise result if isinstance(result, WaveGlowError) else SynthesisError(
+                            item.display, f"synthesis failed ({type(result).__name__}: {result})")
+                    audio = finalize_audio(result, item.display, subtype)
+                    if target is None:
+                        write_stdout(encode_audio(audio, vocoder.sample_rate, subtype))
+                    else:
+                        write_audio(target, audio, vocoder.sample_rate, subtype)
+                    counts["written"] += 1
+                    total_seconds += audio.size / vocoder.sample_rate
+                except (WaveGlowError, OSError) as e:
+                    fail(e, progress)
+                progress.advance(seconds=total_seconds)
+    _summary(console, counts, quiet, total_seconds)
+    failed = _all_ranks_sum(counts["failed"], shard)
+    raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
+
+
+def _summary(console: Console, counts: dict[str, int], quiet: bool, seconds: float = 0.0) -> None:
+    if not quiet:
+        console.out(f"written {counts['written']}, skipped {counts['skipped']}, "
+                    f"failed {counts['failed']}" + (f" ({seconds:.1f} s of audio)" if seconds else ""))
+
+
+def refuse_overwriting_inputs(items: list[Item], outputs: list[Path | None]) -> None:
+    """Before anything is written: no output may be one of the inputs."""
+    inputs = {item.source.resolve() for item in items if item.source is not None}
+    clashes = [str(t) for t in outputs if t is not None and t.resolve() in inputs]
+    if clashes:
+        raise UsageError(f"refusing to overwrite input files ({', '.join(clashes[:3])}"
+                         f"{' ...' if len(clashes) > 3 else ''}); choose another -o")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,9 +446,9 @@ def mel(
         if entry is not None and not Path(checkpoint).exists():
             config = mel_config_for(None, entry)
         else:
-            from .registry import resolve_checkpoint
+            from .registry import ensure_checkpoint
 
-            config = mel_config_for(read_checkpoint(resolve_checkpoint(checkpoint, settings)), None)
+            config = mel_config_for(read_checkpoint(ensure_checkpoint(checkpoint, settings)), None)
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 
@@ -335,23 +471,71 @@ def mel(
 
 
 @app.command()
-def info(checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or registry name.")]) -> None:
-    """Describe a checkpoint: format, architecture, sample rate."""
-    from .checkpoint import read_checkpoint
-    from .registry import resolve_checkpoint
+def info(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or registry name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    offline: Annotated[bool, typer.Option(
+        help="Never touch the network (as WAVEGLOW_OFFLINE=1).")] = False,
+) -> None:
+    """Describe a checkpoint: architecture, parameters, sample rate, mel, format, sha256.
 
-    settings = Settings.from_env()
+    A registry name not yet cached is downloaded first (unless offline)."""
+    import json
+
+    from .api import mel_config_for
+    from .cache import cache_paths, read_metadata
+    from .checkpoint import read_checkpoint
+    from .download import sha256_file
+    from .registry import Registry, ensure_checkpoint
+
+    settings = _settings(offline)
     try:
-        ckpt = read_checkpoint(resolve_checkpoint(checkpoint, settings))
-    except (WaveGlowError, ValueError) as e:
+        registry = Registry.load(settings)
+        entry = None if Path(checkpoint).expanduser().exists() else registry.find(checkpoint)
+        path = ensure_checkpoint(checkpoint, settings, DownloadBar(), registry)
+        ckpt = read_checkpoint(path)
+        meta = read_metadata(entry, settings) if entry is not None else {}
+        original = cache_paths(entry, settings).original if entry is not None else path
+        sha256 = meta.get("sha256") or (sha256_file(original) if original.is_file() else None)
+        mel = mel_config_for(ckpt, entry).to_dict()
+    except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
     c = ckpt.config
     n_params = sum(t.numel() for t in ckpt.state_dict.values())
-    typer.echo(f"format:       {ckpt.source_format}")
+    data = {
+        "name": entry.name if entry is not None else None,
+        "path": str(path),
+        "format": ckpt.source_format,
+        "original_format": meta.get("format"),
+        "sha256": sha256,
+        "sha256_of": str(original),
+        "sha256_published": bool(entry is not None and entry.sha256),
+        "size": original.stat().st_size if original.is_file() else meta.get("size"),
+        "cache_dir": str(cache_paths(entry, settings).folder) if entry is not None else None,
+        "source_url": meta.get("url"),
+        "downloaded_at": meta.get("downloaded_at"),
+        "parameters": n_params,
+        "sample_rate": ckpt.sample_rate,
+        "architecture": c.to_dict(),
+        "mel": mel,
+    }
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    if entry is not None:
+        typer.echo(f"name:         {entry.name}")
+    typer.echo(f"file:         {path}")
+    typer.echo(f"format:       {ckpt.source_format}"
+               + (f" (converted from {meta['format']})" if meta.get("format") else ""))
+    if sha256:
+        typer.echo(f"sha256:       {sha256}" + (f" ({original.name})" if original != path else ""))
+    if entry is not None:
+        typer.echo(f"cache:        {data['cache_dir']}")
     typer.echo(f"parameters:   {n_params:,}")
     typer.echo(f"sample rate:  {ckpt.sample_rate}")
     for key, value in c.to_dict().items():
         typer.echo(f"{key + ':':<14}{value}")
+    typer.echo("mel:          " + ", ".join(f"{k}={v}" for k, v in mel.items()))
 
 
 @app.command()
@@ -362,13 +546,13 @@ def convert(
 ) -> None:
     """Convert any supported checkpoint to the safe, fast-loading safetensors format."""
     from .checkpoint import read_checkpoint, save_checkpoint
-    from .registry import resolve_checkpoint
+    from .registry import ensure_checkpoint
 
     settings = Settings.from_env()
     try:
         if output.suffix != ".safetensors":
             raise UsageError(f"{output}: the output must end in .safetensors")
-        source = resolve_checkpoint(checkpoint, settings)
+        source = ensure_checkpoint(checkpoint, settings, DownloadBar())
         if output.exists() and output.resolve() == source.resolve():
             raise UsageError(f"{output}: refusing to overwrite the input")
         if output.exists() and not overwrite:
@@ -377,6 +561,207 @@ def convert(
     except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
     _stderr().out(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint cache: fetch / list / rm (and the download progress bar every command uses)
+
+
+class DownloadBar:
+    """Where downloads report to: a rich bar (bytes, speed, ETA) on a TTY, one-line notes on
+    stderr; nothing at all with ``quiet``."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = _stderr()
+        self._progress = None
+        self._task = None
+
+    def start(self, description: str, total: int | None, completed: int = 0) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        if self._progress is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      DownloadColumn(), TransferSpeedColumn(),
+                                      TimeRemainingColumn(), console=self.console)
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total, completed=completed)
+        else:
+            self._progress.reset(self._task, total=total, completed=completed,
+                                 description=description)
+
+    def update(self, advance: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, advance)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            (self._progress.console if self._progress is not None else self.console).out(
+                f"note: {text}")
+
+
+def _install_download_bar() -> None:
+    """Commands that fetch a checkpoint on first use (synth -c NAME, ...) show this bar."""
+    from .download import set_default_progress
+
+    set_default_progress(DownloadBar)
+
+
+_install_download_bar()
+
+
+def _settings(offline: bool = False) -> Settings:
+    import dataclasses
+
+    settings = Settings.from_env()
+    return dataclasses.replace(settings, offline=True) if offline else settings
+
+
+def _registry_entries(names: list[str], settings: Settings) -> list:
+    """The registry entries ``names`` name (names or aliases), each once, or a usage error."""
+    from .registry import Registry, unknown_checkpoint_error
+
+    registry = Registry.load(settings)
+    entries = []
+    for name in names:
+        entry = registry.find(name)
+        if entry is None:
+            if Path(name).expanduser().is_file():
+                raise UsageError(f"{name}: a file, not a registry name (this command takes "
+                                 "registry names; see `waveglow list`)")
+            raise unknown_checkpoint_error(name, registry)
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+@app.command()
+def fetch(
+    names: Annotated[list[str], typer.Argument(
+        help="Registry names or aliases (see `waveglow list`).", show_default=False)],
+    force: Annotated[bool, typer.Option(help="Download again even if cached.")] = False,
+    verify: Annotated[bool, typer.Option(
+        help="Re-hash the cached file against the published (else recorded) sha256 and "
+             "download it again if it differs.")] = False,
+    offline: Annotated[bool, typer.Option(
+        help="Never touch the network (as WAVEGLOW_OFFLINE=1).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")
+                     ] = False,
+) -> None:
+    """Download checkpoints into the cache (verified, resumable, locked).
+
+    A cached checkpoint needs no network at all.  Prints each one's cached path on stdout."""
+    from .cache import fetch_checkpoint
+
+    settings = _settings(offline)
+    try:
+        if force and verify:
+            raise UsageError("--force and --verify exclude each other")
+        entries = _registry_entries(names, settings)
+    except (WaveGlowError, ValueError) as e:
+        _exit_with(e, settings)
+    failures = 0
+    for entry in entries:
+        bar = DownloadBar(quiet)
+        try:
+            result = fetch_checkpoint(entry, settings, force=force, verify=verify, progress=bar)
+        except (WaveGlowError, OSError) as e:
+            bar.finish()
+            failures += 1
+            report(e, settings, bar.console)
+            continue
+        bar.finish()
+        if result.action == "cached":
+            bar.note(f"{entry.name}: already cached (sha256 {result.sha256 or 'not recorded'})")
+        elif result.action == "verified":
+            bar.note(f"{entry.name}: verified (sha256 {result.sha256})")
+        typer.echo(str(result.path))
+    raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
+
+
+@app.command("list")
+def list_checkpoints(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")
+                       ] = False,
+) -> None:
+    """List the registry's checkpoints and whether each is cached (no network)."""
+    import json
+
+    from .cache import describe_cached
+    from .registry import Registry
+
+    settings = Settings.from_env()
+    try:
+        rows = [describe_cached(entry, settings)
+                for entry in Registry.load(settings).entries.values()]
+    except (WaveGlowError, ValueError, OSError) as e:
+        _exit_with(e, settings)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for column in ("name", "aliases", "size", "cached", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        first_sentence = row["description"].split(". ")[0].rstrip(".")
+        aliases = [a for a in row["aliases"] if a.removesuffix(".pt") == a
+                   or a.removesuffix(".pt") not in row["aliases"]]   # x.pt beside x: shown once
+        table.add_row(row["name"], "\n".join(aliases), _human_size(row["size"]),
+                      "yes" if row["cached"] else "no", first_sentence)
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def rm(
+    names: Annotated[list[str], typer.Argument(
+        help="Registry names or aliases to remove from the cache.", show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes.")] = False,
+) -> None:
+    """Remove checkpoints from the cache (the next use downloads them again)."""
+    from .cache import remove_checkpoint
+    from .registry import Registry, unknown_checkpoint_error
+
+    settings = Settings.from_env()
+    console = _stderr()
+    try:
+        registry = Registry.load(settings)
+        targets = []
+        for name in names:
+            entry = registry.find(name)
+            if entry is not None:
+                targets.append(entry.name)
+            elif "/" not in name and "\\" not in name and name not in (".", "..") \
+                    and (settings.checkpoint_dir / name).is_dir():
+                targets.append(name)  # cached from a registry file no longer in use
+            else:
+                raise unknown_checkpoint_error(name, registry)
+        for name in dict.fromkeys(targets):
+            removed = remove_checkpoint(name, settings)
+            if not quiet:
+                console.out(f"removed {removed}" if removed else f"note: {name}: not cached")
+    except (WaveGlowError, ValueError, OSError) as e:
+        _exit_with(e, settings)
 
 
 def main() -> None:

@@ -71,3 +71,26 @@ class UnknownCheckpointError(UsageError, LookupError):
 
 class CheckpointNotAvailableError(WaveGlowError, FileNotFoundError):
     """A registry checkpoint is known but not on disk (and cannot be fetched now)."""
+
+
+class DownloadError(WaveGlowError, ConnectionError):
+    """A file could not be downloaded from any of its URLs; ``attempts`` lists each URL's reason."""
+
+    def __init__(self, message: str, attempts: tuple[str, ...] | list[str] = ()) -> None:
+        self.attempts = list(attempts)
+        super().__init__(message)
+
+
+class ChecksumMismatchError(WaveGlowError, ValueError):
+    """Downloaded (or cached) bytes differ from the expected size or sha256.
+
+    ``kind`` is "size" or "sha256"; ``expected`` and ``got`` are the two values.  The bytes were
+    deleted: nothing unverified is kept where it would be used."""
+
+    def __init__(self, what: str, source: str, kind: str, expected: object, got: object,
+                 note: str = "it was deleted; nothing was kept in the cache") -> None:
+        self.what, self.source, self.kind = what, source, kind
+        self.expected, self.got = expected, got
+        unit = " bytes" if kind == "size" else ""
+        super().__init__(f"{what}: {kind} mismatch for {source}: expected {expected}{unit}, "
+                         f"got {got}{unit}; {note}")

@@ -201,10 +201,15 @@ class WaveGlow(nn.Module):
             self.convinv.append(Invertible1x1Conv(channels))
             self.WN.append(WN(channels // 2, m * g, config.n_layers, config.n_channels,
                               config.kernel_size))
+        # The cached inverses follow the weights: recomputed whenever weights are loaded ...
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_inverses())
 
     def train(self, mode: bool = True) -> WaveGlow:
+        # ... and when training ends (train -> eval), not on every eval(): a model cast to
+        # fp16/bf16 keeps the inverses made from its float32 weights.
+        was_training = self.training
         super().train(mode)
-        if not mode:  # entering inference: make the cached inverses match the weights
+        if was_training and not mode:
             self.refresh_inverses()
         return self
 

@@ -6,6 +6,8 @@ an existing path wins; a registry name maps to its file in the cache.
 
 from __future__ import annotations
 
+import difflib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from .errors import CheckpointNotAvailableError, UnknownCheckpointError, UsageEr
 from .settings import Settings
 
 DEFAULT_CHECKPOINT = "universal"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class RegistryEntry:
         def fail(reason: str) -> UsageError:
             return UsageError(f"{origin}: entry [{name}]: {reason}")
 
+        if not _NAME.fullmatch(name) or ".." in name:
+            raise fail("a checkpoint name may hold only letters, digits, '.', '_' and '-' "
+                       "(it names a folder in the cache)")
         urls = table.get("urls")
         if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
             raise fail("'urls' must be a non-empty list of strings")
@@ -66,6 +72,11 @@ class RegistryEntry:
             raise fail("'archive' must be \"zip\"")
         if table.get("archive") and not table.get("member"):
             raise fail("an 'archive' needs a 'member'")
+        member = table.get("member")
+        if member is not None and (not isinstance(member, str) or not member.strip()
+                                   or member.startswith(("/", "\\"))
+                                   or ".." in member.replace("\\", "/").split("/")):
+            raise fail("'member' must be a relative path inside the archive, without '..'")
         mel = table.get("mel", {})
         if not isinstance(mel, Mapping):
             raise fail("'mel' must be a table")
@@ -117,28 +128,59 @@ class Registry:
         return next((e for e in self.entries.values() if stem in e.aliases), None)
 
 
-def cached_path(entry: RegistryEntry, settings: Settings) -> Path:
-    return settings.checkpoint_dir / entry.name / entry.filename
+def _looks_like_path(spec: str) -> bool:
+    return any(sep in spec for sep in ("/", "\\")) or spec.endswith(
+        (".pt", ".pth", ".safetensors", ".ckpt"))
 
 
-def resolve_checkpoint(spec: str, settings: Settings, registry: Registry | None = None) -> Path:
-    """A local file for ``spec``: an existing path, or a registry checkpoint already cached."""
+def close_matches(spec: str, registry: Registry, n: int = 3) -> list[str]:
+    """Registry names that ``spec`` may be a typo of (names and aliases compared)."""
+    by_key: dict[str, str] = {}
+    for entry in registry.entries.values():
+        for key in (entry.name, *entry.aliases):
+            by_key.setdefault(key.lower(), entry.name)
+    found: list[str] = []
+    for key in difflib.get_close_matches(spec.lower(), list(by_key), n=2 * n, cutoff=0.6):
+        if by_key[key] not in found:
+            found.append(by_key[key])
+    return found[:n]
+
+
+def unknown_checkpoint_error(spec: str, registry: Registry) -> UnknownCheckpointError:
+    """A clear error for a ``spec`` that is neither a file nor a registry name."""
+    if _looks_like_path(spec) and not close_matches(Path(spec).stem, registry):
+        return UnknownCheckpointError(f"{spec}: no such checkpoint file")
+    matches = close_matches(Path(spec).stem if _looks_like_path(spec) else spec, registry)
+    hint = (f"did you mean {' or '.join(repr(m) for m in matches)}? " if matches else "")
+    names = ", ".join(sorted(registry.entries)) or "(none)"
+    return UnknownCheckpointError(
+        f"unknown checkpoint {spec!r}: not a file and not a registry name; {hint}"
+        f"known: {names} (`waveglow list` describes them)")
+
+
+def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
+                      registry: Registry | None = None) -> Path:
+    """A local file for ``spec``: an existing path as it is; a registry name or alias from the
+    cache (its safetensors copy when there is one), downloaded, verified and cached first if
+    it is not there yet, unless ``settings.offline``.
+
+    ``progress`` receives the download's progress (see :mod:`waveglow_cli.download`)."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
     registry = registry or Registry.load(settings)
     entry = registry.find(spec)
     if entry is None:
-        looks_like_path = any(sep in spec for sep in ("/", "\\")) or spec.endswith(
-            (".pt", ".pth", ".safetensors", ".ckpt"))
-        if looks_like_path:
-            raise UnknownCheckpointError(f"{spec}: no such checkpoint file")
-        names = ", ".join(sorted(registry.entries)) or "(none)"
-        raise UnknownCheckpointError(
-            f"unknown checkpoint {spec!r}: not a file and not a registry name (known: {names})")
-    local = cached_path(entry, settings)
-    if local.exists():
+        raise unknown_checkpoint_error(spec, registry)
+    from .cache import cached_file, fetch_checkpoint
+
+    local = cached_file(entry, settings)
+    if local is not None:
         return local
-    raise CheckpointNotAvailableError(
-        f"checkpoint {entry.name!r} is not downloaded (looked in {local}); "
-        f"run `waveglow fetch {entry.name}` or pass --checkpoint PATH")
+    if settings.offline:
+        raise CheckpointNotAvailableError(
+            f"checkpoint {entry.name!r} is not downloaded (looked in "
+            f"{settings.checkpoint_dir / entry.name}) and offline mode (WAVEGLOW_OFFLINE=1 or "
+            f"--offline) forbids fetching it; run `waveglow fetch {entry.name}` while online, "
+            f"or pass --checkpoint PATH")
+    return fetch_checkpoint(entry, settings, progress=progress).path

@@ -1,20 +1,32 @@
-"""From mels to audio with a loaded model: noise, device placement, sanity of the output.
+"""From mels to audio with a loaded model: noise, exact batching, chunking, denoising.
 
-Noise for an item depends only on (seed, the item's key) and is drawn on the CPU in float32
-in the layout :meth:`WaveGlow.infer` takes, so it is the same whatever the device, batch or
-order.  Without a seed the noise is fresh randomness.
+Exactness: every item's audio is, up to float rounding, what synthesising it alone gives.
+
+* Noise for an item depends only on (seed, the item's key) and is drawn on the CPU in float32
+  in the layout :meth:`WaveGlow.infer` takes, once for the whole item, so it is indexed by
+  position: the same whatever the device, batch, order, chunking or number of workers.
+* Items of a batch are zero-padded to the longest and masked inside every WN layer (see
+  :meth:`WaveGlow.infer`), so padding never leaks through the dilated convolutions; zero mel
+  frames after an item's end do not touch its first frames x hop samples.
+* Long items are cut into pieces whose inputs carry ``margin`` frames of real context on each
+  side.  Each flow's WN sees ``receptive_field_steps`` grouped steps each way, so an edge can
+  only change outputs within n_flows x that distance (plus the upsampler's kernel); the margin
+  covers it and only the interior of each piece is kept.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .model import WaveGlow
+from .model import WaveGlow, WaveGlowConfig
+
+Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,29 @@ class SynthesisOptions:
             raise ValueError(f"denoiser_strength={self.denoiser_strength} must be >= 0")
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    batch_size: int = 8          # items (or pieces) per forward pass
+    max_frames: int = 2048       # longest piece, context included (bounds memory per item)
+    batch_frames: int = 16384    # padded frames per batch (the memory budget)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_frames", "batch_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+def context_margin(config: WaveGlowConfig) -> int:
+    """Frames of context a piece needs on each side for its interior to be exact."""
+    steps = config.n_flows * config.receptive_field_steps()
+    samples = steps * config.n_group + config.upsample_kernel
+    return math.ceil(samples / config.hop_length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise
+
+
 def item_seed(seed: int, key: str) -> int:
     """A 63-bit seed from (seed, key): stable across runs, platforms and Python versions."""
     digest = hashlib.sha256(f"waveglow-noise:{seed}:{key}".encode()).digest()
@@ -37,13 +72,65 @@ def item_seed(seed: int, key: str) -> int:
 
 
 def item_noise(model: WaveGlow, frames: int, seed: int | None, key: str) -> torch.Tensor:
-    """Standard-normal noise (1, G, T) for one item, on the CPU."""
+    """Standard-normal noise (G, T) for one whole item, on the CPU."""
     generator = torch.Generator(device="cpu")
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(item_seed(seed, key))
-    return torch.randn(model.noise_shape(1, frames), generator=generator)
+    return torch.randn(model.noise_shape(1, frames), generator=generator)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Output frames [start, end) of item ``item``, computed from input frames [lo, hi)."""
+
+    item: int
+    start: int
+    end: int
+    lo: int
+    hi: int
+
+    @property
+    def frames(self) -> int:
+        return self.hi - self.lo
+
+
+def plan_pieces(item: int, frames: int, max_frames: int, margin: int) -> list[Piece]:
+    """One piece for an item that fits ``max_frames``; else overlapping pieces with context."""
+    if frames <= max_frames:
+        return [Piece(item, 0, frames, 0, frames)]
+    core = max_frames - 2 * margin
+    if core < margin:
+        raise ValueError(f"max_frames={max_frames} is too small for chunking: it must be at least "
+                         f"{3 * margin} frames (3 x the {margin}-frame context margin)")
+    pieces = []
+    for start in range(0, frames, core):
+        end = min(frames, start + core)
+        pieces.append(Piece(item, start, end, max(0, start - margin), min(frames, end + margin)))
+    return pieces
+
+
+def plan_batches(pieces: list[Piece], options: BatchOptions) -> list[list[Piece]]:
+    """Longest first, greedily grouped while the batch stays within both limits."""
+    batches: list[list[Piece]] = []
+    for piece in sorted(pieces, key=lambda p: (-p.frames, p.item, p.start)):
+        if batches:
+            batch = batches[-1]
+            longest = batch[0].frames  # sorted: the first piece is the longest
+            if len(batch) < options.batch_size and longest * (len(batch) + 1) <= options.batch_frames:
+                batch.append(piece)
+                continue
+        batches.append([piece])
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -74,15 +161,134 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-@torch.inference_mode()
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' is float32 except on CUDA, where fp16 is fast and (with the float32-made 1x1
+    inverses) close to it; explicit fp32/fp16/bf16 are taken as asked."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in table:
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    return table[precision]
+
+
+@dataclass
+class _Pending:
+    key: str
+    frames: int
+    z: torch.Tensor
+    mel: torch.Tensor
+    audio: np.ndarray
+    remaining: int
+    error: Exception | None = None
+
+
+@dataclass
+class Synthesizer:
+    """Batched, chunked synthesis of many items; yields each item's audio when it is complete."""
+
+    model: WaveGlow
+    options: SynthesisOptions = field(default_factory=SynthesisOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    denoiser: Denoise | None = None
+
+    def __post_init__(self) -> None:
+        config = self.model.config
+        self.margin = context_margin(config)
+        # Chunking needs whole grouped steps per frame to slice the noise by frame.
+        self.can_chunk = config.hop_length % config.n_group == 0
+        param = next(self.model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def run(self, items: Iterable[tuple[str, np.ndarray]]
+            ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+        """``items`` are (key, (n_mels, frames) float32 mel); yields (key, float32 audio of
+        frames * hop samples, not clipped) or (key, the exception that failed it)."""
+        pending: dict[int, _Pending] = {}
+        pieces: list[Piece] = []
+        for index, (key, mel) in enumerate(items):
+            frames = int(mel.shape[1])
+            max_frames = self.batch.max_frames if self.can_chunk else max(frames, 1)
+            item_pieces = plan_pieces(index, frames, max_frames, self.margin)
+            pending[index] = _Pending(
+                key, frames, item_noise(self.model, frames, self.options.seed, key),
+                torch.as_tensor(mel, dtype=torch.float32),
+                np.zeros(frames * self.model.config.hop_length // self.model.config.n_group
+                         * self.model.config.n_group, dtype=np.float32),
+                len(item_pieces))
+            pieces += item_pieces
+        for batch in plan_batches(pieces, self.batch):
+            yield from self._run_batch(batch, pending)
+
+    def _run_batch(self, batch: list[Piece], pending: dict[int, _Pending]
+                   ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+        try:
+            outputs = self._infer_with_retry(batch, pending)
+        except Exception as e:  # noqa: BLE001 - an item's failure must not stop the others
+            outputs = [e] * len(batch)
+        for piece, out in zip(batch, outputs):
+            item = pending[piece.item]
+            if isinstance(out, Exception):
+                item.error = item.error or out
+            else:
+                hop = self.model.config.hop_length
+                target = item.audio[piece.start * hop:piece.end * hop]
+                source = out[(piece.start - piece.lo) * hop:][:target.size]
+                target[:source.size] = source
+            item.remaining -= 1
+            if item.remaining == 0:
+                del pending[piece.item]
+                yield item.key, item.error if item.error else self._finish(item.audio)
+
+    def _finish(self, audio: np.ndarray) -> np.ndarray:
+        if self.denoiser is not None and self.options.denoiser_strength > 0:
+            tensor = torch.from_numpy(audio).to(self.device)
+            audio = self.denoiser(tensor[None], self.options.denoiser_strength)[0].cpu().numpy()
+        return audio
+
+    def _infer_with_retry(self, batch: list[Piece], pending: dict[int, _Pending]
+                          ) -> list[np.ndarray | Exception]:
+        """Run a batch; on CUDA out-of-memory, halve it and try again."""
+        try:
+            return self._infer(batch, pending)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(batch) == 1:
+                return [MemoryError("out of GPU memory even for a batch of one; lower --max-frames")]
+            half = len(batch) // 2
+            return (self._infer_with_retry(batch[:half], pending)
+                    + self._infer_with_retry(batch[half:], pending))
+
+    @torch.inference_mode()
+    def _infer(self, batch: list[Piece], pending: dict[int, _Pending]) -> list[np.ndarray]:
+        config = self.model.config
+        steps_per_frame = config.hop_length // config.n_group
+        longest = max(p.frames for p in batch)
+        mel = torch.zeros(len(batch), config.n_mel_channels, longest)
+        z = torch.zeros(self.model.noise_shape(len(batch), longest))
+        for row, piece in enumerate(batch):
+            item = pending[piece.item]
+            mel[row, :, :piece.frames] = item.mel[:, piece.lo:piece.hi]
+            if self.can_chunk:
+                z[row, :, :piece.frames * steps_per_frame] = \
+                    item.z[:, piece.lo * steps_per_frame:piece.hi * steps_per_frame]
+            else:  # whole items only
+                z[row, :, :item.z.size(1)] = item.z
+        lengths = torch.tensor([p.frames for p in batch])
+        mask_lengths = None if len(batch) == 1 else lengths
+        audio = self.model.infer(mel.to(self.device, self.dtype), sigma=self.options.sigma,
+                                 z=z, lengths=mask_lengths)
+        audio = audio.float().cpu().numpy()
+        return [audio[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]
+
+
 def synthesize(model: WaveGlow, mel: np.ndarray | torch.Tensor, options: SynthesisOptions,
-               key: str = "",
-               denoiser: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> np.ndarray:
+               key: str = "", denoiser: Denoise | None = None,
+               batch: BatchOptions | None = None) -> np.ndarray:
     """One (n_mels, frames) mel -> float32 audio of frames * hop samples (not clipped)."""
-    param = next(model.parameters())
-    mel_t = torch.as_tensor(mel, dtype=torch.float32).to(param.device, param.dtype).unsqueeze(0)
-    z = item_noise(model, mel_t.size(2), options.seed, key)
-    audio = model.infer(mel_t, sigma=options.sigma, z=z)
-    if denoiser is not None and options.denoiser_strength > 0:
-        audio = denoiser(audio.float(), options.denoiser_strength)
-    return audio[0].float().cpu().numpy()
+    mel_np = mel.detach().cpu().float().numpy() if isinstance(mel, torch.Tensor) else mel
+    runner = Synthesizer(model, options, batch or BatchOptions(), denoiser)
+    [(_, audio)] = list(runner.run([(key, np.asarray(mel_np, dtype=np.float32))]))
+    if isinstance(audio, Exception):
+        raise audio
+    return audio

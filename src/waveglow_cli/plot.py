@@ -1,0 +1,75 @@
+"""Figures around a vocoder: a mel spectrogram, a waveform with its mel, two signals compared.
+
+matplotlib is an optional extra (``pip install 'waveglow-cli[plot]'``); without it the
+functions raise :class:`PlotUnavailableError` with that instruction.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WaveGlowError
+from .mel import MelConfig
+
+
+class PlotUnavailableError(WaveGlowError, ImportError):
+    def __init__(self) -> None:
+        super().__init__("plotting needs matplotlib: pip install 'waveglow-cli[plot]'")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailableError() from None
+    return plt
+
+
+def _draw_mel(ax, fig, mel: np.ndarray, config: MelConfig, title: str) -> None:
+    import librosa
+
+    seconds = mel.shape[1] * config.hop_length / config.sample_rate
+    image = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma",
+                      extent=(0.0, seconds, 0, mel.shape[0]))
+    freqs = librosa.mel_frequencies(n_mels=mel.shape[0], fmin=config.fmin, fmax=config.fmax_hz)
+    ticks = np.linspace(0, mel.shape[0] - 1, 6).round().astype(int)
+    ax.set_yticks(ticks + 0.5, [f"{freqs[t]:.0f}" for t in ticks])
+    ax.set_ylabel("mel frequency (Hz)")
+    ax.set_xlabel("time (s)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="ln magnitude")
+
+
+def _draw_wave(ax, audio: np.ndarray, sample_rate: int, title: str) -> None:
+    t = np.arange(audio.size) / sample_rate
+    ax.plot(t, audio, linewidth=0.5, color="tab:blue")
+    ax.set_xlim(0, max(t[-1] if t.size else 0.0, 1e-3))
+    ax.set_ylabel("amplitude")
+    ax.set_xlabel("time (s)")
+    ax.set_title(title)
+
+
+def plot_signals(path: str | os.PathLike[str], panels: list[tuple[str, np.ndarray, str]],
+                 config: MelConfig) -> Path:
+    """Write a PNG with one row per panel: ('mel', (n_mels, F) array, title) or
+    ('wave', (S,) audio, title).  Written atomically."""
+    from .audio_io import atomic_write
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for ax, (kind, data, title) in zip(axes[:, 0], panels):
+        if kind == "mel":
+            _draw_mel(ax, fig, data, config, title)
+        else:
+            _draw_wave(ax, data, config.sample_rate, title)
+    fig.tight_layout()
+    target = Path(path)
+    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return target

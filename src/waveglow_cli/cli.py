@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import (CheckpointNotAvailableError, InputFileError, OutputExistsError,
-                     SynthesisError, UsageError, WaveGlowError)
+from .errors import (AudioFileError, CheckpointNotAvailableError, InputFileError,
+                     OutputExistsError, SynthesisError, UsageError, WaveGlowError)
 from .registry import DEFAULT_CHECKPOINT
 from .settings import Settings
 
@@ -290,6 +290,9 @@ def synth(
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed input.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary.")
                      ] = False,
+    plot: Annotated[bool, typer.Option(
+        "--plot", help="Also write <stem>.png (input mel and output waveform) beside each output; "
+                       "needs the [plot] extra.")] = False,
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
     from .api import load_synthesis_input, open_checkpoint
@@ -327,6 +330,10 @@ def synth(
         vocoder = open_checkpoint(checkpoint, torch_device, settings,
                                   with_denoiser=denoiser_strength > 0, dtype=dtype)
         synthesizer = Synthesizer(vocoder.model, options, batching, vocoder.denoiser)
+        if plot:
+            from .plot import plot_signals, require_matplotlib
+
+            require_matplotlib()
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 
@@ -359,6 +366,8 @@ def synth(
                 for text in notes if not quiet else ():
                     progress.note(text)
                 loaded.append((item.key, mel))
+                if plot:
+                    plotted_mels[item.key] = mel
             except UsageError as e:
                 _exit_with(e, settings)
             except (WaveGlowError, OSError) as e:
@@ -366,6 +375,7 @@ def synth(
                 progress.advance()
         return loaded
 
+    plotted_mels: dict[str, object] = {}
     window_size = max(batch_size * 8, 64)
     pairs = list(zip(items, outputs))
     total_seconds = 0.0
@@ -383,6 +393,11 @@ def synth(
                         write_stdout(encode_audio(audio, vocoder.sample_rate, subtype))
                     else:
                         write_audio(target, audio, vocoder.sample_rate, subtype)
+                        if plot:
+                            plot_signals(target.with_suffix(".png"),
+                                         [("mel", plotted_mels.pop(key), f"{item.display}: mel"),
+                                          ("wave", audio, f"{target.name}: synthesised")],
+                                         vocoder.mel_config)
                     counts["written"] += 1
                     total_seconds += audio.size / vocoder.sample_rate
                 except (WaveGlowError, OSError) as e:
@@ -762,6 +777,127 @@ def rm(
                 console.out(f"removed {removed}" if removed else f"note: {name}: not cached")
     except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# score / plot
+
+
+@app.command()
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="Audio files or folders of them.",
+                                                show_default=False)],
+    checkpoint: Annotated[str, typer.Option(
+        "-c", "--checkpoint", help="Checkpoint file or registry name.")] = DEFAULT_CHECKPOINT,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Exact log-likelihood of audio under the model: NVIDIA's training loss (sigma 1) and the
+    true negative log-likelihood in nats and bits per sample."""
+    import json
+
+    from .audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio
+    from .synthesis import pick_device
+    from .vocoder import load_vocoder
+
+    settings = Settings.from_env()
+    try:
+        items = discover(inputs, AUDIO_SUFFIXES)
+        if any(item.source is None for item in items):
+            raise UsageError("score reads files, not standard input")
+        vocoder = load_vocoder(checkpoint, pick_device(device))
+    except (WaveGlowError, ValueError) as e:
+        _exit_with(e, settings)
+    failures = 0
+    for item in items:
+        try:
+            samples, rate = read_audio(item.source, item.display)
+            mono, notes = prepare_audio(samples, rate, vocoder.sample_rate, item.display)
+            for text in notes:
+                _stderr().out(f"note: {text}")
+            if mono.size <= vocoder.mel_config.n_fft // 2:
+                raise AudioFileError(item.display, f"audio has {mono.size} samples; too short "
+                                                   "to score")
+            result = vocoder.score(mono)
+        except (WaveGlowError, OSError) as e:
+            failures += 1
+            report(e, settings)
+            continue
+        if as_json:
+            typer.echo(json.dumps({"file": item.display, **result.as_dict()}))
+        else:
+            typer.echo(f"{item.display}\tloss {result.loss:.6f}\t"
+                       f"nll {result.nll_nats_per_sample:.6f} nats/sample\t"
+                       f"{result.bits_per_sample:.6f} bits/sample")
+    raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
+
+
+@app.command()
+def plot(
+    inputs: Annotated[list[str], typer.Argument(
+        help="Mel files (.npy/.pt) or audio files; with --compare, exactly two audio files.",
+        show_default=False)],
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="PNG file for one figure, a folder for several. "
+                              "Default: <stem>.png beside each input.")] = None,
+    compare: Annotated[bool, typer.Option(help="Stack two signals in one figure.")] = False,
+    checkpoint: Annotated[str, typer.Option(
+        "-c", "--checkpoint", help="Whose mel settings to use.")] = DEFAULT_CHECKPOINT,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing figures.")] = False,
+) -> None:
+    """Figures: a mel spectrogram (time in seconds, mel frequency, colour bar), a waveform with
+    its mel, or two signals stacked (--compare)."""
+    from .api import audio_to_mel, mel_config_for, registry_entry_for
+    from .audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio, read_mel, sniff, read_bytes
+    from .errors import MelFileError
+    from .plot import plot_signals
+
+    settings = Settings.from_env()
+    try:
+        items = discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES)
+        if any(item.source is None for item in items):
+            raise UsageError("plot reads files, not standard input")
+        if compare and len(items) != 2:
+            raise UsageError("--compare takes exactly two inputs")
+        groups = [items] if compare else [[item] for item in items]
+        if compare and (output is None or Path(output).suffix.lower() != ".png"):
+            raise UsageError("--compare needs -o FIGURE.png")
+        outputs = ([Path(output)] if compare else plan_outputs(items, output, ".png"))
+        entry = registry_entry_for(checkpoint, settings)
+        if entry is not None:
+            config = mel_config_for(None, entry)
+        else:
+            from .checkpoint import read_checkpoint
+            from .registry import ensure_checkpoint
+
+            config = mel_config_for(read_checkpoint(ensure_checkpoint(checkpoint, settings)), None)
+    except (WaveGlowError, ValueError) as e:
+        _exit_with(e, settings)
+
+    def panels_for(item: Item) -> list[tuple[str, object, str]]:
+        name = item.source.name
+        if sniff(read_bytes(item.source, item.display, MelFileError, 64)) == "audio":
+            samples, rate = read_audio(item.source, item.display)
+            mono, _ = prepare_audio(samples, rate, config.sample_rate, item.display)
+            mel_array, _ = audio_to_mel(item.source, config, item.display)
+            return [("wave", mono, f"{name}: waveform"), ("mel", mel_array, f"{name}: mel")]
+        return [("mel", read_mel(item.source, item.display, n_mels=None), f"{name}: mel")]
+
+    failures = 0
+    inputs_resolved = {i.source.resolve() for i in items}
+    for group, target in zip(groups, outputs):
+        try:
+            if target.resolve() in inputs_resolved:
+                raise UsageError(f"{target}: refusing to overwrite an input file")
+            if target.exists() and not overwrite:
+                raise OutputExistsError(target)
+            plot_signals(target, [p for item in group for p in panels_for(item)], config)
+        except UsageError as e:
+            _exit_with(e, settings)
+        except (WaveGlowError, OSError) as e:
+            failures += 1
+            report(e, settings)
+    raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
 
 
 def main() -> None:

@@ -20,6 +20,11 @@ class PlotUnavailableError(WaveGlowError, ImportError):
         super().__init__("plotting needs matplotlib: pip install 'waveglow-cli[plot]'")
 
 
+def require_matplotlib() -> None:
+    """Fail early, before a long job, when the plot extra is missing."""
+    _pyplot()
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -31,12 +36,13 @@ def _pyplot():
     return plt
 
 
-def _draw_mel(ax, fig, mel: np.ndarray, config: MelConfig, title: str) -> None:
+def _draw_mel(ax, fig, mel: np.ndarray, config: MelConfig, title: str,
+              limits: tuple[float, float]) -> None:
     import librosa
 
     seconds = mel.shape[1] * config.hop_length / config.sample_rate
-    image = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma",
-                      extent=(0.0, seconds, 0, mel.shape[0]))
+    image = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=limits[0],
+                      vmax=limits[1], extent=(0.0, seconds, 0, mel.shape[0]))
     freqs = librosa.mel_frequencies(n_mels=mel.shape[0], fmin=config.fmin, fmax=config.fmax_hz)
     ticks = np.linspace(0, mel.shape[0] - 1, 6).round().astype(int)
     ax.set_yticks(ticks + 0.5, [f"{freqs[t]:.0f}" for t in ticks])
@@ -62,10 +68,14 @@ def plot_signals(path: str | os.PathLike[str], panels: list[tuple[str, np.ndarra
     from .audio_io import atomic_write
 
     plt = _pyplot()
+    mels = [data for kind, data, _ in panels if kind == "mel"]
+    # one colour scale for every mel in the figure, so compared panels read alike
+    limits = (min(float(m.min()) for m in mels), max(float(m.max()) for m in mels)) if mels \
+        else (0.0, 1.0)
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
     for ax, (kind, data, title) in zip(axes[:, 0], panels):
         if kind == "mel":
-            _draw_mel(ax, fig, data, config, title)
+            _draw_mel(ax, fig, data, config, title, limits)
         else:
             _draw_wave(ax, data, config.sample_rate, title)
     fig.tight_layout()

@@ -43,6 +43,14 @@ def registry_entry_for(spec: str, settings: Settings) -> RegistryEntry | None:
     return Registry.load(settings).find(spec)
 
 
+def mel_settings_for(spec: str, settings: Settings) -> MelConfig:
+    """The mel settings of a registry name (no download needed) or a checkpoint file."""
+    entry = registry_entry_for(spec, settings)
+    if entry is not None:
+        return mel_config_for(None, entry)
+    return mel_config_for(read_checkpoint(ensure_checkpoint(spec, settings)), None)
+
+
 @dataclass
 class LoadedVocoder:
     model: WaveGlow

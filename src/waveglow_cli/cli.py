@@ -444,10 +444,8 @@ def mel(
     skip_existing: Annotated[bool, typer.Option(help="Keep existing outputs (resume).")] = False,
 ) -> None:
     """Compute Tacotron 2 mel spectrograms (float32, (n_mels, frames), natural log)."""
-    from .api import audio_to_mel, mel_config_for
+    from .api import audio_to_mel, mel_settings_for
     from .audio_io import AUDIO_SUFFIXES, atomic_write, encode_mel
-    from .checkpoint import read_checkpoint
-    from .registry import Registry
 
     settings = Settings.from_env()
     try:
@@ -457,13 +455,7 @@ def mel(
             raise UsageError(f"unknown --format {fmt!r}; use npy or pt")
         items = discover(inputs, AUDIO_SUFFIXES)
         outputs = plan_outputs(items, output, f".{fmt}")
-        entry = Registry.load(settings).find(checkpoint)
-        if entry is not None and not Path(checkpoint).exists():
-            config = mel_config_for(None, entry)
-        else:
-            from .registry import ensure_checkpoint
-
-            config = mel_config_for(read_checkpoint(ensure_checkpoint(checkpoint, settings)), None)
+        config = mel_settings_for(checkpoint, settings)
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 
@@ -847,7 +839,7 @@ def plot(
 ) -> None:
     """Figures: a mel spectrogram (time in seconds, mel frequency, colour bar), a waveform with
     its mel, or two signals stacked (--compare)."""
-    from .api import audio_to_mel, mel_config_for, registry_entry_for
+    from .api import audio_to_mel, mel_settings_for
     from .audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio, read_mel, sniff, read_bytes
     from .errors import MelFileError
     from .plot import plot_signals
@@ -863,14 +855,7 @@ def plot(
         if compare and (output is None or Path(output).suffix.lower() != ".png"):
             raise UsageError("--compare needs -o FIGURE.png")
         outputs = ([Path(output)] if compare else plan_outputs(items, output, ".png"))
-        entry = registry_entry_for(checkpoint, settings)
-        if entry is not None:
-            config = mel_config_for(None, entry)
-        else:
-            from .checkpoint import read_checkpoint
-            from .registry import ensure_checkpoint
-
-            config = mel_config_for(read_checkpoint(ensure_checkpoint(checkpoint, settings)), None)
+        config = mel_settings_for(checkpoint, settings)
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 

@@ -385,6 +385,20 @@ def test_not_a_waveglow_is_rejected_by_structure(srv, tmp_path):
     assert files_under(cache_paths(entry_of(s, "junk"), s).folder) == []
 
 
+def test_pinned_sha256_is_authoritative_even_for_bytes_that_are_no_waveglow(srv, tmp_path):
+    """With a published hash the bytes are what was published: kept, recorded, not converted;
+    loading them later says what is wrong."""
+    data = b"\x80\x02}q\x00." + b"\x00" * 5000
+    srv.state.files["pinned.pt"] = data
+    s = make_settings(tmp_path, {"pinned": {"urls": [f"{srv.base}/files/pinned.pt"],
+                                            "sha256": hashlib.sha256(data).hexdigest()}})
+    result = fetch_checkpoint(entry_of(s, "pinned"), s, policy=FAST)
+    assert result.path.read_bytes() == data
+    assert files_under(cache_paths(entry_of(s, "pinned"), s).folder) == ["metadata.json", "pinned.pt"]
+    with pytest.raises(CheckpointError):
+        checkpoint_module.read_checkpoint(result.path)
+
+
 def test_404_and_500_fall_through_to_the_next_url(srv, tmp_path):
     urls = [f"{srv.base}/404/{NAME}", f"{srv.base}/500/{NAME}", f"{srv.base}/files/{NAME}"]
     s = make_settings(tmp_path, {"tiny": {"urls": urls}})

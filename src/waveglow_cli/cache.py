@@ -143,7 +143,7 @@ def _convert_and_record(entry: RegistryEntry, settings: Settings, paths: CachePa
                         downloaded_at: str | None) -> dict[str, Any]:
     from .checkpoint import save_checkpoint
 
-    if paths.converted != paths.original:
+    if checkpoint is not None and paths.converted != paths.original:
         save_checkpoint(paths.converted, checkpoint,
                         extra={"source_sha256": sha256, "registry_name": entry.name})
     meta = {
@@ -154,9 +154,9 @@ def _convert_and_record(entry: RegistryEntry, settings: Settings, paths: CachePa
         "sha256_published": entry.sha256 is not None,
         "url": url,
         "downloaded_at": downloaded_at,
-        "format": checkpoint.source_format,
-        "safetensors": paths.converted.name,
-        "safetensors_sha256": sha256_file(paths.converted),
+        "format": checkpoint.source_format if checkpoint is not None else None,
+        "safetensors": paths.converted.name if checkpoint is not None else None,
+        "safetensors_sha256": sha256_file(paths.converted) if checkpoint is not None else None,
     }
     _write_json(paths.metadata, meta)
     return meta
@@ -209,7 +209,14 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
         def validate(path: Path) -> None:
             from .checkpoint import read_checkpoint
 
-            held["checkpoint"] = read_checkpoint(path)   # raises CheckpointError: next URL
+            try:
+                held["checkpoint"] = read_checkpoint(path)
+            except CheckpointError as e:
+                if entry.sha256 is None:
+                    raise  # structure is the only check we have: try the next URL
+                # The published sha256 matched: these are the published bytes.  Keep them;
+                # loading will say what is wrong with them.
+                held["unreadable"] = e.reason
 
         try:
             got = download(sources_for(entry, settings), paths.original, size=entry.size,
@@ -222,8 +229,11 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
                 pass
             raise
         now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        meta = _convert_and_record(entry, settings, paths, held["checkpoint"], got.sha256,
+        meta = _convert_and_record(entry, settings, paths, held.get("checkpoint"), got.sha256,
                                    got.size, got.url, now)
+        if "unreadable" in held:
+            reporter.note(f"{entry.name}: the download matches its published sha256 but does "
+                          f"not load as a WaveGlow ({held['unreadable']})")
         if entry.sha256:
             reporter.note(f"{entry.name}: downloaded {got.size} bytes from {got.url}; sha256 "
                           f"{got.sha256} matches the published checksum")

@@ -57,7 +57,15 @@ class Checkpoint:
         model = WaveGlow(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         model.eval()  # inverses computed from the float32 weights, then cast with them
-        return model.to(device=device, dtype=dtype)
+        if dtype != torch.bfloat16 or torch.device(device).type != "cpu":
+            return model.to(device=device, dtype=dtype)
+        # bf16 on the CPU runs the fast path (see fastpath): fold it from the float32 weights.
+        from .fastpath import FastWaveGlow, register
+
+        fast = FastWaveGlow(model)
+        model = model.to(device=device, dtype=dtype)
+        register(model, fast)
+        return model
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",

@@ -885,6 +885,146 @@ def plot(
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
 
 
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: Annotated[list[str] | None, typer.Argument(
+        help="Training audio: folders (searched recursively), audio files, or text file lists "
+             "(one path per line; 'path|text' filelists work). Optional with --resume.",
+        show_default=False)] = None,
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="Run folder: checkpoints, metrics.jsonl, run.json.",
+        show_default=False)] = ...,  # type: ignore[assignment]
+    val: Annotated[str | None, typer.Option(
+        help="Held-out data: a fraction of DATA (e.g. 0.05) or a folder/file list.")] = None,
+    max_steps: Annotated[int, typer.Option(help="Train up to this step (optimizer updates).")
+                         ] = 100_000,
+    batch_size: Annotated[int, typer.Option(help="Segments per step and process.")] = 12,
+    segment_length: Annotated[int, typer.Option(
+        help="Samples per training segment (shorter files are zero-padded).")] = 16000,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    sigma: Annotated[float, typer.Option(help="Sigma of the Gaussian in the loss.")] = 1.0,
+    grad_clip: Annotated[float | None, typer.Option(
+        help="Clip the gradient norm to this value (default: no clipping).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")
+                                ] = 1000,
+    keep: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 5,
+    val_every: Annotated[int | None, typer.Option(
+        help="Validate every N steps (default: at each checkpoint).")] = None,
+    log_every: Annotated[int, typer.Option(
+        help="Write a metrics.jsonl record every N steps (mean loss over them).")] = 1,
+    device: Annotated[str, typer.Option(
+        help="auto (CUDA: this process's LOCAL_RANK GPU, else CPU), cpu, cuda, cuda:N, mps.")
+                      ] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on CUDA where supported, else fp16 with a grad scaler; fp32 on CPU), "
+             "fp32, bf16 or fp16.")] = "auto",
+    workers: Annotated[int | None, typer.Option(
+        help="Data loader processes (default: 0 on CPU, up to 4 on CUDA).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for the initial weights and the data order (default: random, recorded).")
+                    ] = None,
+    init_from: Annotated[str | None, typer.Option(
+        "--from", help="Fine-tune this checkpoint (registry name or file); the architecture "
+                       "and mel settings come from it.")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in -o from its latest checkpoint (same step, optimizer, data "
+             "order).")] = False,
+    n_channels: Annotated[int, typer.Option(help="WN channels (fresh model).")] = 256,
+    n_layers: Annotated[int, typer.Option(help="WN layers per flow (fresh model).")] = 8,
+    n_flows: Annotated[int, typer.Option(help="Flows (fresh model).")] = 12,
+    n_group: Annotated[int, typer.Option(help="Samples per group (fresh model).")] = 8,
+    n_early_every: Annotated[int, typer.Option(help="Early output every N flows.")] = 4,
+    n_early_size: Annotated[int, typer.Option(help="Channels per early output.")] = 2,
+    n_mel_channels: Annotated[int, typer.Option(help="Mel channels (fresh model).")] = 80,
+    sample_rate: Annotated[int, typer.Option(help="Sample rate (fresh model).")] = 22050,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line or notes.")
+                     ] = False,
+) -> None:
+    """Train WaveGlow by maximum likelihood, or fine-tune a checkpoint (--from); several
+    processes or GPUs with torchrun."""
+    from .train import TrainOptions
+    from .train import train as run_training
+
+    settings = Settings.from_env()
+    # Options given on the command line (typer vendors click, so compare the source by name).
+    explicit = frozenset(name for name in ctx.params if getattr(
+        ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP"))
+    try:
+        options = TrainOptions(
+            data=list(data or []), run_dir=output, val=val, segment_length=segment_length,
+            batch_size=batch_size, max_steps=max_steps, lr=lr, sigma=sigma, grad_clip=grad_clip,
+            checkpoint_every=checkpoint_every, keep=keep, val_every=val_every,
+            log_every=log_every, device=device, precision=precision, workers=workers, seed=seed,
+            init_from=init_from, resume=resume, quiet=quiet, n_channels=n_channels,
+            n_layers=n_layers, n_flows=n_flows, n_group=n_group, n_early_every=n_early_every,
+            n_early_size=n_early_size, n_mel_channels=n_mel_channels, sample_rate=sample_rate,
+            explicit=explicit)
+        last = run_training(options)
+    except (WaveGlowError, ValueError, OSError) as e:
+        _exit_with(e, settings)
+    if last is not None and Shard.from_env().rank == 0:
+        typer.echo(str(last))
+
+
+@app.command()
+def bench(
+    checkpoint: Annotated[str | None, typer.Option(
+        "-c", "--checkpoint", help="Checkpoint file or registry name (default: a random "
+                                   "full-size 256-channel model; works offline).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.", min=1)] = 1,
+    seconds: Annotated[float, typer.Option(help="Length of each synthetic utterance.",
+                                           min=0.01)] = 10.0,
+    repeats: Annotated[int, typer.Option(help="Timed runs (the median is reported).", min=1)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Synthesis speed on synthetic mels: samples/s, x real time, peak memory, and the fraction
+    of the device's matmul peak (measured in the same run)."""
+    import json
+
+    from .bench import RANDOM_CHECKPOINT, BenchOptions, random_model, run_bench
+    from .synthesis import pick_device, pick_dtype
+
+    settings = Settings.from_env()
+    try:
+        options = BenchOptions(batch_size=batch_size, seconds=seconds, repeats=repeats)
+        torch_device = pick_device(device)
+        dtype = pick_dtype(precision, torch_device)
+        if checkpoint is None:
+            model = random_model().to(torch_device)
+            if dtype != next(model.parameters()).dtype:
+                from .checkpoint import Checkpoint
+
+                model = Checkpoint(model.config, model.state_dict()).build_model(torch_device,
+                                                                                 dtype)
+            name, rate = RANDOM_CHECKPOINT, 22050
+        else:
+            from .api import open_checkpoint
+
+            vocoder = open_checkpoint(checkpoint, torch_device, settings, dtype=dtype)
+            model, name, rate = vocoder.model, checkpoint, vocoder.sample_rate
+        result = run_bench(model, rate, options, name)
+    except (WaveGlowError, ValueError) as e:
+        _exit_with(e, settings)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['checkpoint']} on {result['device_name']} ({result['device']}, "
+               f"{result['precision']}, {result['path']}, {result['threads']} threads)")
+    typer.echo(f"batch {result['batch_size']} x {result['seconds']:.2f} s: "
+               f"{result['seconds_per_run']:.3f} s per run (median of {result['repeats']})")
+    typer.echo(f"{result['samples_per_second'] / 1e3:,.1f} k samples/s, "
+               f"{result['x_real_time']:.2f}x real time")
+    typer.echo(f"{result['flops_per_sample'] / 1e6:.1f} MFLOP/sample -> "
+               f"{result['achieved_tflops']:.3f} TFLOP/s = {100 * result['fraction_of_peak']:.1f}% "
+               f"of the measured {result['precision']} matmul peak "
+               f"({result['matmul_peak_tflops']:.3f} TFLOP/s)")
+    typer.echo(f"peak memory {result['peak_memory_mib']:,.0f} MiB ({result['memory_kind']})")
+
+
 def main() -> None:
     """Console entry point; turns anything unexpected into one line (exit 1)."""
     try:

@@ -158,6 +158,16 @@ def unknown_checkpoint_error(spec: str, registry: Registry) -> UnknownCheckpoint
         f"known: {names} (`waveglow list` describes them)")
 
 
+_RUN_CHECKPOINT = re.compile(r"step_(\d+)\.safetensors")
+
+
+def newest_run_checkpoint(folder: Path) -> Path | None:
+    """The highest-step ``step_<N>.safetensors`` that ``waveglow train`` wrote in ``folder``."""
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := _RUN_CHECKPOINT.fullmatch(p.name)) and p.is_file()]
+    return max(found)[1] if found else None
+
+
 def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
                       registry: Registry | None = None) -> Path:
     """A local file for ``spec``: an existing path as it is; a registry name or alias from the
@@ -166,6 +176,8 @@ def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
 
     ``progress`` receives the download's progress (see :mod:`waveglow_cli.download`)."""
     path = Path(spec).expanduser()
+    if path.is_dir() and (newest := newest_run_checkpoint(path)) is not None:
+        return newest  # a `waveglow train` run folder: its latest checkpoint
     if path.exists():
         return path
     registry = registry or Registry.load(settings)

@@ -276,8 +276,15 @@ class Synthesizer:
                 z[row, :, :item.z.size(1)] = item.z
         lengths = torch.tensor([p.frames for p in batch])
         mask_lengths = None if len(batch) == 1 else lengths
-        audio = self.model.infer(mel.to(self.device, self.dtype), sigma=self.options.sigma,
-                                 z=z, lengths=mask_lengths)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            # bf16 on the CPU: (time, channels) matmuls (see fastpath); float32 stays exact.
+            from .fastpath import fast_path_for
+
+            audio = fast_path_for(self.model).infer(mel, sigma=self.options.sigma, z=z,
+                                                    lengths=mask_lengths)
+        else:
+            audio = self.model.infer(mel.to(self.device, self.dtype), sigma=self.options.sigma,
+                                     z=z, lengths=mask_lengths)
         audio = audio.float().cpu().numpy()
         return [audio[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]
 

@@ -1,0 +1,205 @@
+"""``waveglow bench``: synthesis speed on synthetic mels, next to the device's own matmul peak.
+
+Everything is measured in the same run: a warm-up, then ``repeats`` timed runs of the same
+batch through :class:`~waveglow_cli.synthesis.Synthesizer` (exactly what ``waveglow synth``
+runs, fast paths included), each ended by a device synchronisation (the audio is copied back to
+the host); the median is reported.  The model's cost per output sample is computed from its
+architecture (:func:`~waveglow_cli.fastpath.flops_per_sample`), and the device's matmul peak
+in the same precision is measured with a large GEMM, so ``fraction_of_peak`` says how close
+synthesis gets to what the hardware does on the easiest possible work.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .fastpath import flops_per_sample
+from .model import WaveGlow, WaveGlowConfig
+
+RANDOM_CHECKPOINT = "random 256-channel model"
+
+
+@torch.no_grad()
+def random_model(config: WaveGlowConfig | None = None, seed: int = 0,
+                 end_scale: float = 0.1) -> WaveGlow:
+    """A WaveGlow with random weights whose activations stay O(1) and output bounded.
+
+    Every convolution gets N(0, 1 / fan_in) weights (the upsampler 0.5 / sqrt(fan_in), so a
+    Tacotron-range log mel gives O(1) conditioning), biases N(0, 0.1^2), the 1x1 convolutions a
+    random rotation perturbed by 0.2, and the WN end layers ``end_scale`` / sqrt(fan_in), so
+    log-scales are about +-0.1 per flow (NVIDIA zero-initialises ``end``; a trained model's are
+    small too).  Used by ``waveglow bench`` and ``benchmarks/`` when no checkpoint is given."""
+    config = config or WaveGlowConfig()
+    generator = torch.Generator().manual_seed(seed)
+    model = WaveGlow(config)
+    for name, p in model.named_parameters():
+        if name.startswith("convinv"):
+            q = torch.linalg.qr(torch.randn(p.shape[:2], generator=generator, dtype=torch.float64))[0]
+            q = q + 0.2 * torch.randn(q.shape, generator=generator, dtype=torch.float64) / q.size(0) ** 0.5
+            p.copy_(q.unsqueeze(-1))
+        elif name.endswith("bias"):
+            p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+        else:
+            if name.startswith("upsample"):  # each sample sees M channels x kernel/hop frames
+                fan_in, gain = p.size(0) * max(1, config.upsample_kernel // config.hop_length), 0.5
+            else:
+                fan_in, gain = p.size(1) * p.size(2), 1.0
+            if name.endswith("end.weight"):
+                gain = end_scale
+            p.copy_(gain / fan_in ** 0.5 * torch.randn(p.shape, generator=generator))
+    model.eval()
+    model.refresh_inverses()
+    return model
+
+
+def synthetic_mel(n_mels: int, frames: int, seed: int = 0) -> np.ndarray:
+    """A log mel in the Tacotron 2 range (about -11 to 1): a slowly moving spectral envelope,
+    harmonic-like ridges and noise.  (n_mels, frames) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)[None, :]
+    m = np.arange(n_mels)[:, None] / max(n_mels - 1, 1)
+    envelope = -4.0 - 5.0 * m + 1.5 * np.sin(2 * np.pi * (t / 173.0 + m * 1.3))
+    ridges = 1.5 * np.cos(2 * np.pi * m * (6 + 2 * np.sin(t / 61.0))) ** 8
+    mel = envelope + ridges + 0.5 * rng.standard_normal((n_mels, frames))
+    return np.clip(mel, -11.5, 1.5).astype(np.float32)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """The best of repeated large square matrix products, in FLOP/s (the device's peak in
+    ``dtype`` as far as a plain ``torch.mm`` reaches it)."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    _sync(device)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    runs = 0
+    while runs < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+        runs += 1
+    return 2 * n**3 / best
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+        except OSError:
+            pass
+        return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
+    return device.type
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (the whole process: Python, model, buffers)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if platform.system() != "Darwin" else peak / 2**20
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch_size: int = 1
+    seconds: float = 10.0
+    repeats: int = 3
+    warmup: int = 1
+    sigma: float = 0.6
+    peak_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError("batch_size and repeats must be >= 1, warmup >= 0")
+        if not self.seconds > 0:
+            raise ValueError(f"seconds={self.seconds} must be > 0")
+
+
+def run_bench(model: WaveGlow, sample_rate: int, options: BenchOptions,
+              checkpoint: str = RANDOM_CHECKPOINT) -> dict:
+    """Time synthesis of ``batch_size`` synthetic mels of ``seconds`` each; see the module doc."""
+    from .synthesis import BatchOptions, SynthesisOptions, Synthesizer
+
+    config = model.config
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    frames = max(1, round(options.seconds * sample_rate / config.hop_length))
+    mels = [(f"bench{i}", synthetic_mel(config.n_mel_channels, frames, seed=i))
+            for i in range(options.batch_size)]
+    batching = BatchOptions(batch_size=options.batch_size,
+                            batch_frames=max(BatchOptions().batch_frames,
+                                             options.batch_size * min(frames, BatchOptions().max_frames)))
+    synthesizer = Synthesizer(model, SynthesisOptions(sigma=options.sigma, seed=0), batching)
+
+    def once() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _, audio in synthesizer.run(mels):
+            if isinstance(audio, Exception):
+                raise audio
+        _sync(device)
+        return time.perf_counter() - start
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(options.warmup):
+        once()
+    times = [once() for _ in range(options.repeats)]
+    seconds_per_run = statistics.median(times)
+    samples = options.batch_size * frames * config.hop_length
+    samples_per_second = samples / seconds_per_run
+    flops = flops_per_sample(config)
+    peak = matmul_peak(device, dtype, options.peak_seconds)
+    if device.type == "cuda":
+        memory, memory_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    else:
+        memory, memory_kind = peak_rss_mib(), "process_peak_rss"
+    fast = device.type == "cpu" and dtype == torch.bfloat16  # see Synthesizer._infer
+    return {
+        "checkpoint": checkpoint,
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": {torch.float32: "fp32", torch.float16: "fp16",
+                      torch.bfloat16: "bf16"}.get(dtype, str(dtype)),
+        "path": "fast-cpu (time, channels) matmuls" if fast else "model (Conv1d)",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "n_channels": config.n_channels,
+        "batch_size": options.batch_size,
+        "seconds": frames * config.hop_length / sample_rate,
+        "sample_rate": sample_rate,
+        "repeats": options.repeats,
+        "seconds_per_run": seconds_per_run,
+        "seconds_per_run_all": times,
+        "samples_per_second": samples_per_second,
+        "x_real_time": samples_per_second / sample_rate,
+        "flops_per_sample": flops,
+        "achieved_tflops": samples_per_second * flops / 1e12,
+        "matmul_peak_tflops": peak / 1e12,
+        "fraction_of_peak": samples_per_second * flops / peak,
+        "peak_memory_mib": memory,
+        "memory_kind": memory_kind,
+    }

@@ -1,0 +1,181 @@
+"""The CPU fast path (time, channels) layout: agreement with the exact model, exact masking and
+batching, and ``waveglow bench``.  Tiny models only; nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from waveglow_cli.bench import random_model, synthetic_mel
+from waveglow_cli.checkpoint import Checkpoint
+from waveglow_cli.fastpath import FastWaveGlow, fast_path_for, flops_per_sample, snr_db
+from waveglow_cli.model import WaveGlowConfig
+from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer, synthesize
+
+TINY = WaveGlowConfig(n_mel_channels=6, n_flows=8, n_group=8, n_early_every=4, n_early_size=2,
+                      n_layers=4, n_channels=16)
+# bf16 products with float32 coupling on the tiny model measure about 75 dB against float32;
+# the full-size random model about 50 dB (docs/benchmarks.md).  The bound leaves room.
+BF16_SNR_DB = 40.0
+BACKENDS = [True, False]  # oneDNN fused products, plain torch.mm fallback
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(TINY, seed=3, end_scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    frames = [37, 23, 9]
+    mel = torch.zeros(3, TINY.n_mel_channels, max(frames))
+    for b, f in enumerate(frames):
+        mel[b, :, :f] = torch.from_numpy(synthetic_mel(TINY.n_mel_channels, f, seed=b))
+    z = torch.randn((3, TINY.n_group, max(frames) * 256 // TINY.n_group),
+                    generator=torch.Generator().manual_seed(0))
+    return mel, z, torch.tensor(frames)
+
+
+def _onednn_ok(flag: bool, dtype: torch.dtype) -> None:
+    from waveglow_cli.fastpath import onednn_available
+
+    if flag and not onednn_available(dtype):
+        pytest.skip("oneDNN fused linear not available in this torch build")
+
+
+@pytest.mark.parametrize("use_onednn", BACKENDS)
+def test_bf16_fast_path_agrees_with_float32_model(model, inputs, use_onednn):
+    _onednn_ok(use_onednn, torch.bfloat16)
+    mel, z, _ = inputs
+    with torch.inference_mode():
+        expected = model.infer(mel, 0.7, z=z)
+    fast = FastWaveGlow(model, torch.bfloat16, use_onednn=use_onednn).infer(mel, 0.7, z=z)
+    assert fast.dtype == torch.float32 and fast.shape == expected.shape
+    assert snr_db(expected, fast) >= BF16_SNR_DB
+
+
+@pytest.mark.parametrize("use_onednn", BACKENDS)
+def test_float32_fast_path_is_the_same_function(model, inputs, use_onednn):
+    """In float32 only the summation order differs from the model (folded skip/end, one
+    product per layer): agreement to float rounding proves the algebra."""
+    _onednn_ok(use_onednn, torch.float32)
+    mel, z, lengths = inputs
+    with torch.inference_mode():
+        expected = model.infer(mel, 0.7, z=z, lengths=lengths)
+    fast = FastWaveGlow(model, torch.float32, use_onednn=use_onednn).infer(mel, 0.7, z=z,
+                                                                          lengths=lengths)
+    for b, f in enumerate(lengths.tolist()):
+        n = f * 256
+        scale = float(expected[b, :n].abs().max())
+        assert float((fast[b, :n] - expected[b, :n]).abs().max()) <= 1e-5 * max(1.0, scale)
+        assert not fast[b, n:].any()  # padding is zero
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_padded_batch_equals_single_items(model, inputs, dtype, tolerance):
+    """Masking: each item of a padded batch is what the fast path gives it alone (bf16: within
+    its own rounding; the products see different neighbours' rows but the same values)."""
+    mel, z, lengths = inputs
+    fast = FastWaveGlow(model, dtype)
+    batched = fast.infer(mel, 0.7, z=z, lengths=lengths)
+    for b, f in enumerate(lengths.tolist()):
+        steps = f * 256 // TINY.n_group
+        alone = fast.infer(mel[b:b + 1, :, :f], 0.7, z=z[b:b + 1, :, :steps])[0]
+        scale = float(alone.abs().max())
+        assert float((batched[b, :f * 256] - alone).abs().max()) <= tolerance * scale
+        if dtype == torch.bfloat16:
+            assert snr_db(alone, batched[b, :f * 256]) >= 60
+
+
+def test_tiles_and_groups_do_not_change_the_result(model, inputs):
+    """Row tiles inside a layer and item groups (memory bound) are pure scheduling."""
+    mel, z, lengths = inputs
+    reference = FastWaveGlow(model, torch.float32).infer(mel, 0.7, z=z, lengths=lengths)
+    for tile_rows, max_rows in [(7, 1 << 17), (64, 300), (1000, 1)]:
+        fast = FastWaveGlow(model, torch.float32, tile_rows=tile_rows, max_rows=max_rows)
+        out = fast.infer(mel, 0.7, z=z, lengths=lengths)
+        assert float((out - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
+
+
+def test_glow_old_semantics(inputs):
+    """alternate_halves (glow_old.py): odd flows transform the first half."""
+    config = WaveGlowConfig(**{**TINY.to_dict(), "alternate_halves": True})
+    old = random_model(config, seed=5, end_scale=0.3)
+    mel, z, _ = inputs
+    with torch.inference_mode():
+        expected = old.infer(mel, 0.7, z=z)
+    assert float((FastWaveGlow(old, torch.float32).infer(mel, 0.7, z=z) - expected).abs().max()
+                 ) <= 1e-5 * float(expected.abs().max())
+
+
+def test_synthesizer_uses_the_fast_path_for_bf16_on_cpu(model, inputs):
+    """A bf16 CPU model built from a checkpoint carries a fast path folded from its float32
+    weights (float32 1x1 inverses); synthesis with it is close to float32 synthesis, batched
+    or not."""
+    checkpoint = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()})
+    bf16 = checkpoint.build_model("cpu", torch.bfloat16)
+    fast = fast_path_for(bf16)
+    assert fast is fast_path_for(bf16)  # prepared once, at load time
+    assert fast.flows[0].inverse_t.dtype == torch.float32
+    mel, _, lengths = inputs
+    items = [(f"m{b}", mel[b, :, :f].numpy()) for b, f in enumerate(lengths.tolist())]
+    options = SynthesisOptions(sigma=0.6, seed=4)
+    exact = dict(Synthesizer(model, options).run(items))
+    for batch_size in (1, 3):
+        fast_out = dict(Synthesizer(bf16, options, BatchOptions(batch_size=batch_size)).run(items))
+        for key, audio in exact.items():
+            assert fast_out[key].shape == audio.shape
+            assert snr_db(torch.from_numpy(audio), torch.from_numpy(fast_out[key])) >= BF16_SNR_DB
+
+
+def test_fast_path_follows_weight_changes(model):
+    """Loading other weights into a bf16 model invalidates the fast path prepared for it."""
+    checkpoint = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()})
+    bf16 = checkpoint.build_model("cpu", torch.bfloat16)
+    first = fast_path_for(bf16)
+    other = random_model(TINY, seed=9)
+    bf16.load_state_dict({k: v.to(torch.bfloat16) for k, v in other.state_dict().items()})
+    assert fast_path_for(bf16) is not first
+    mel = torch.from_numpy(synthetic_mel(TINY.n_mel_channels, 12))
+    a = synthesize(bf16, mel, SynthesisOptions(sigma=0.0))
+    with torch.inference_mode():
+        b = other.infer(mel[None], 0.0)[0].numpy()
+    assert snr_db(torch.from_numpy(b), torch.from_numpy(a)) >= 30
+
+
+def test_flops_per_sample_of_the_published_model():
+    assert flops_per_sample(WaveGlowConfig()) == pytest.approx(20.3e6, rel=0.01)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_json(tiny_checkpoint, precision):
+    r = run_cli("bench", "-c", tiny_checkpoint, "--device", "cpu", "--precision", precision,
+                "--seconds", "0.3", "--repeats", "1", "--batch-size", "2", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    for key in ("samples_per_second", "x_real_time", "peak_memory_mib", "fraction_of_peak",
+                "matmul_peak_tflops", "flops_per_sample", "seconds_per_run", "device",
+                "precision", "batch_size", "seconds", "path"):
+        assert key in result
+    assert result["precision"] == precision and result["batch_size"] == 2
+    assert result["samples_per_second"] > 0 and 0 < result["fraction_of_peak"]
+    assert result["peak_memory_mib"] > 0
+    assert ("fast-cpu" in result["path"]) == (precision == "bf16")
+
+
+def test_bench_text_output(tiny_checkpoint):
+    r = run_cli("bench", "-c", tiny_checkpoint, "--device", "cpu", "--seconds", "0.2",
+                "--repeats", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    text = r.stdout.decode()
+    assert "samples/s" in text and "real time" in text and "matmul peak" in text
+
+
+def test_synthetic_mel_range():
+    mel = synthetic_mel(80, 50)
+    assert mel.shape == (80, 50) and mel.dtype == np.float32
+    assert -11.6 < mel.min() and mel.max() < 1.6

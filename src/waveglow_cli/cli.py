@@ -270,7 +270,7 @@ def synth(
         help="Seed: each file's noise then depends only on (seed, its relative path).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(
-        help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
+        help="auto (= fp32, matches the reference), fp32, fp16 or bf16 (faster, not exact).")] = "auto",
     subtype: Annotated[str, typer.Option(help="PCM_16, PCM_24, PCM_32 or FLOAT.")] = "PCM_16",
     denoiser_strength: Annotated[float, typer.Option(
         help="Subtract this much of the model's bias spectrum (NVIDIA's denoiser); 0 = off.",
@@ -974,7 +974,7 @@ def bench(
                                    "full-size 256-channel model; works offline).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(
-        help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")] = "auto",
+        help="auto (= fp32, matches the reference), fp32, fp16 or bf16 (faster, not exact).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.", min=1)] = 1,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic utterance.",
                                            min=0.01)] = 10.0,

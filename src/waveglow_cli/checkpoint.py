@@ -54,7 +54,8 @@ class Checkpoint:
     def build_model(self, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> WaveGlow:
         """A ready-to-infer model (eval mode, inverses computed in float64 then cast)."""
-        model = WaveGlow(self.config)
+        with _NoRandomInit():  # every tensor is loaded next
+            model = WaveGlow(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         model.eval()  # inverses computed from the float32 weights, then cast with them
         if dtype != torch.bfloat16 or torch.device(device).type != "cpu":
@@ -66,6 +67,20 @@ class Checkpoint:
         model = model.to(device=device, dtype=dtype)
         register(model, fast)
         return model
+
+
+class _NoRandomInit(torch.overrides.TorchFunctionMode):
+    """Skip ``nn.init``'s random fills while building a model whose tensors are all loaded next
+    (or whose shapes alone are wanted): for the 256-channel model they cost about as much as
+    reading the checkpoint.  A torch function mode is thread-local."""
+
+    _SKIPPED = frozenset({"kaiming_uniform_", "uniform_", "normal_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self._SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
@@ -375,7 +390,8 @@ def infer_config(sd: Mapping[str, Tensor], hints: Mapping[str, Any] | None = Non
 
 
 def _check_shapes(sd: dict[str, Tensor], config: WaveGlowConfig) -> dict[str, Tensor]:
-    expected = {k: v.shape for k, v in WaveGlow(config).state_dict().items()}
+    with _NoRandomInit():  # only the shapes are wanted
+        expected = {k: v.shape for k, v in WaveGlow(config).state_dict().items()}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing:

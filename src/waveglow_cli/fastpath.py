@@ -10,21 +10,28 @@ matrix units: about 0.4 TFLOP/s on a 2-core AMX Xeon), while a bfloat16 matrix p
   serves the whole batch and padding frames cost nothing;
 * the dilated kernel-3 convolution and the layer's share of the conditioning (the cond 1x1
   convolution) are *one* product: the left matrix holds the three shifted copies of the
-  residual stream beside the upsampled mel, ``[x(t-d) | x(t) | x(t+d) | mel(t)]``, and the gate's
+  residual stream beside the upsampled mel, ``[x(t-d) | x(t) | x(t+d) | mel(t)]`` (its centre
+  block *is* the residual stream; the mel block is written once per utterance), and the gate's
   ``tanh`` runs inside the product (oneDNN post-op).  The gate uses
   ``tanh(a) sigmoid(b) = (tanh(a) + tanh(a) tanh(b/2)) / 2``, with the halves folded into the
   weights, so it is one fused product and one ``addcmul``;
 * the skip branch is folded into the end layer (``end(sum skip_i) = sum (W_end W_skip_i) acts_i``),
   so each layer's second product has ``n_channels + 2 n_half`` outputs instead of
   ``2 n_channels`` and there is no skip accumulator;
+* inside a layer the products and elementwise passes run on tiles of ``tile_rows`` rows, so
+  their temporaries stay in cache (row r's product reads only row r of the left matrix);
 * masking keeps the model's semantics: before every dilated product the rows outside each
   item (the gaps) are zeroed, so each item sees exactly the zeros it would see alone.
 
-Precision: only the WN products (and their inputs) are in ``dtype`` (bfloat16 by default); the
-residual stream, the end accumulator, the affine coupling, the 1x1 inverses and the upsampler
-stay float32.  The weights are folded in float64 from the model's parameters and then cast.
-This path is *not* bit-exact with :meth:`WaveGlow.infer` (it is a reduced-precision path);
-float32 synthesis keeps using the exact model.
+Precision: the WN products, their inputs and the residual stream are in ``dtype`` (bfloat16 by
+default; oneDNN accumulates in float32 and applies the tanh before rounding); the end
+accumulator, the affine coupling ``(audio_1 - b) / exp(s)``, the 1x1 inverses and the upsampler
+are float32.  The gate weights are cast from the model's parameters (the halving is exact), the
+skip/end fold is done in float64.  Use it with the model *before* a cast to bfloat16 (see
+:meth:`Checkpoint.build_model <waveglow_cli.checkpoint.Checkpoint.build_model>` and
+:func:`fast_path_for`): rounding the 1x1 inverses to bfloat16 alone costs about 6 dB of SNR.
+On the full-size random-weight model the output is about 50 dB SNR from float32 (not
+bit-exact: this is a reduced-precision path; float32 synthesis keeps using the exact model).
 """
 
 from __future__ import annotations
@@ -41,17 +48,17 @@ from .model import WaveGlow
 
 #: rows (grouped steps) processed together: bounds memory; one item is never split.
 DEFAULT_MAX_ROWS = 1 << 17
-#: rows per product and elementwise pass inside a layer: its temporaries stay in cache.
+#: rows per product inside a layer, so that its temporaries stay in cache.
 DEFAULT_TILE_ROWS = 4096
 
 
 def onednn_available(dtype: torch.dtype) -> bool:
-    """Whether oneDNN's fused linear (prepacked weights, tanh post-op) can run ``dtype``."""
+    """Whether oneDNN's fused linear (matrix product with a tanh post-op) can run ``dtype``."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
         ops = torch.ops.mkldnn
-        if not (hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")):
+        if not hasattr(ops, "_linear_pointwise"):
             return False
         if dtype == torch.bfloat16 and not ops._is_mkldnn_bf16_supported():
             return False
@@ -61,17 +68,15 @@ def onednn_available(dtype: torch.dtype) -> bool:
 
 
 class _Linear:
-    """``act(x @ W.T + b)`` for (rows, in) x; W (out, in) and b given in float32/64."""
+    """``act(x @ W.T + b)`` for (rows, in) x in ``dtype``; W (out, in) and b of any float type."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, act: str,
-                 use_onednn: bool, rows_hint: int) -> None:
+                 use_onednn: bool) -> None:
         self.act = act
         self.weight = weight.to(dtype).contiguous()
         self.bias = None if bias is None else bias.to(dtype).contiguous()
         self.use_onednn = use_onednn
-        if use_onednn and dtype == torch.bfloat16:
-            # Reorder the weight once into oneDNN's blocked layout (what the matrix units read).
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows_hint)
+        # (Prepacking the weight with mkldnn._reorder_linear_weight measured no faster.)
         if not use_onednn:
             self.weight_t = self.weight.t()
 
@@ -151,7 +156,7 @@ class FastWaveGlow:
             weight[:, self.taps * c:] = cond_w[rows]
             weight[c:] *= 0.5                              # exact: a power of two
             bias = (f32(wn.in_layers[i].bias) + cond_b[rows]) * scale
-            gate = _Linear(weight, bias, self.dtype, "tanh", self.use_onednn, self.tile_rows)
+            gate = _Linear(weight, bias, self.dtype, "tanh", self.use_onednn)
             w_rs = f64(wn.res_skip_layers[i].weight)[:, :, 0]
             b_rs = f64(wn.res_skip_layers[i].bias)
             if i < n_layers - 1:
@@ -163,8 +168,7 @@ class FastWaveGlow:
                 w_out, b_out = end_w @ w_skip, None
             end_b += end_w @ b_skip
             # The gate above computes 2 x tanh(a) sigmoid(b): halve it here.
-            res_skip = _Linear(w_out * 0.5, b_out, self.dtype, "none", self.use_onednn,
-                               self.tile_rows)
+            res_skip = _Linear(w_out * 0.5, b_out, self.dtype, "none", self.use_onednn)
             layers.append(_Layer(gate, res_skip))
         # The cached inverse: made from the float32 weights before any cast (see Invertible1x1Conv).
         inverse = model.convinv[k].weight_inverse.detach().float().cpu()[:, :, 0]
@@ -251,13 +255,11 @@ class FastWaveGlow:
         gaps.append((row, row + pad))
         n_rows = row + pad
 
-        # Left matrices of the gate products, [K shifted copies of x | upsampled mel]: two, one
-        # read by the current layer while the next layer's taps are written into the other.
-        lefts = [torch.zeros(n_rows, self.in_width, dtype=self.dtype) for _ in range(2)]
+        # The left matrix of every gate product: [K shifted copies of x | upsampled mel].  Its
+        # centre tap *is* the residual stream x; the mel columns are written once.
+        left = torch.zeros(n_rows, self.in_width, dtype=self.dtype)
         for b, (lo, hi) in zip(group, spans):
-            cond = self.upsample_rows(mel[b, :, :item_frames[b]], hi - lo)
-            for left in lefts:
-                left[lo:hi, self.taps * ch:] = cond
+            left[lo:hi, self.taps * ch:] = self.upsample_rows(mel[b, :, :item_frames[b]], hi - lo)
 
         def rows_of(noise: Tensor) -> Tensor:
             """(B, n, T) noise -> (R, n) rows of the group (zeros in the gaps)."""
@@ -266,66 +268,68 @@ class FastWaveGlow:
                 packed[lo:hi] = noise[b, :, :hi - lo].t()
             return packed
 
-        tiles = []
-        for lo in range(0, n_rows, self.tile_rows):
-            hi = min(n_rows, lo + self.tile_rows)
-            tiles.append((lo, hi, [(max(lo, a), min(hi, b)) for a, b in gaps if a < hi and b > lo]))
-
         n_early = sum(c.is_early_flow(k) for k in range(c.n_flows))
         audio = sigma * rows_of(z[:, n_early * c.n_early_size:, :])
         for k in reversed(range(c.n_flows)):
-            audio = self._flow(k, audio, lefts, gaps, tiles)
+            audio = self._flow(k, audio, left, gaps)
             if c.is_early_flow(k):
                 n_early -= 1
                 start = n_early * c.n_early_size
                 audio = torch.cat([sigma * rows_of(z[:, start:start + c.n_early_size, :]), audio], 1)
         return audio, spans
 
-    def _write_taps(self, left: Tensor, x: Tensor, lo: int, hi: int, dilation: int) -> None:
-        """Rows [lo, hi) of x (float32, gaps already zero) into the tap columns of ``left``:
-        tap j of row r holds x(r + (j - K//2) d), so x(q) goes to row q - (j - K//2) d."""
-        ch, half, n_rows = self.config.n_channels, (self.taps - 1) // 2, left.size(0)
-        center = left[lo:hi, half * ch:(half + 1) * ch]
-        center.copy_(x[lo:hi])
+    def _shift_taps(self, left: Tensor, gaps: list[tuple[int, int]], dilation: int) -> None:
+        """Zero the gaps of the centre tap (masking: every item sees zeros beyond its ends),
+        then copy it into the other taps: tap j of row r holds x(r + (j - K//2) d)."""
+        ch, half = self.config.n_channels, (self.taps - 1) // 2
+        center = left[:, half * ch:(half + 1) * ch]
+        for lo, hi in gaps:
+            center[lo:hi] = 0
+        n_rows, width = left.shape
+        if self.taps == 3 and n_rows > 2 * dilation and left.is_contiguous():
+            # Both side taps in one copy: [r, j] <- x(r + (2j - 1) d), rows d .. R - d
+            # (the first and last d rows lie in the zero gaps: their outputs are never used).
+            rows = n_rows - 2 * dilation
+            source = left.as_strided((rows, 2, ch), (width, 2 * dilation * width, 1),
+                                     ch)
+            target = left.as_strided((rows, 2, ch), (width, 2 * ch, 1), dilation * width)
+            target.copy_(source)
+            return
         for j in range(self.taps):
             shift = (j - half) * dilation
-            if shift == 0:
-                continue
-            a, b = max(0, lo - shift), min(n_rows, hi - shift)
-            if a < b:
-                left[a:b, j * ch:(j + 1) * ch].copy_(center[a + shift - lo:b + shift - lo])
+            tap = left[:, j * ch:(j + 1) * ch]
+            if shift < 0:
+                tap[-shift:].copy_(center[:shift])
+            elif shift > 0:
+                tap[:-shift].copy_(center[shift:])
 
-    def _flow(self, k: int, audio: Tensor, lefts: list[Tensor], gaps: list[tuple[int, int]],
-              tiles: list) -> Tensor:
+    def _flow(self, k: int, audio: Tensor, left: Tensor, gaps: list[tuple[int, int]]) -> Tensor:
         c, flow, ch = self.config, self.flows[k], self.config.n_channels
+        half = (self.taps - 1) // 2
         n_half = audio.size(1) // 2
         swap = c.alternate_halves and k % 2
         audio_0, audio_1 = ((audio[:, n_half:], audio[:, :n_half]) if swap
                             else (audio[:, :n_half], audio[:, n_half:]))
-        x = torch.addmm(flow.start_b, audio_0, flow.start_w)       # (R, C) float32
+        x = left[:, half * ch:(half + 1) * ch]                     # the residual stream
+        x.copy_(torch.addmm(flow.start_b, audio_0, flow.start_w))
         end = flow.end_b.expand(audio.size(0), -1).clone()         # (R, 2 n_half) float32
-        for lo, hi in gaps:  # masking: every item sees zeros beyond its ends
-            x[lo:hi] = 0
-        left, spare = lefts
-        self._write_taps(left, x, 0, x.size(0), self.dilations[0])
-        n_layers = len(flow.layers)
+        n_layers, n_rows = len(flow.layers), left.size(0)
         for i, layer in enumerate(flow.layers):
-            last = i == n_layers - 1
-            for lo, hi, tile_gaps in tiles:
-                acts = layer.gate(left[lo:hi])                     # tanh(a), tanh(b/2)
+            self._shift_taps(left, gaps, self.dilations[i])
+            # Row tiles: a tile's temporaries stay in cache between the products and the
+            # elementwise passes.  Row r's product reads only row r of ``left``, whose taps
+            # were copied above, so updating x tile by tile is safe.
+            for lo in range(0, n_rows, self.tile_rows):
+                hi = min(n_rows, lo + self.tile_rows)
+                acts = layer.gate(left[lo:hi])                       # tanh(a), tanh(b/2)
                 t_a = acts[:, :ch]
-                gated = torch.addcmul(t_a, t_a, acts[:, ch:])       # 2 tanh(a) sigmoid(b)
+                gated = torch.addcmul(t_a, t_a, acts[:, ch:])         # 2 tanh(a) sigmoid(b)
                 out = layer.res_skip(gated)
-                if last:
+                if i == n_layers - 1:
                     end[lo:hi] += out
-                    continue
-                x_tile = x[lo:hi]
-                x_tile += out[:, :ch]
-                end[lo:hi] += out[:, ch:]
-                for a, b in tile_gaps:
-                    x[a:b] = 0
-                self._write_taps(spare, x, lo, hi, self.dilations[i + 1])
-            left, spare = spare, left
+                else:
+                    x[lo:hi] += out[:, :ch]
+                    end[lo:hi] += out[:, ch:]
         b, s = end[:, :n_half], end[:, n_half:]
         audio_1 = (audio_1 - b) / torch.exp(s)
         joined = torch.cat([audio_1, audio_0] if swap else [audio_0, audio_1], 1)

@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import baseline  # noqa: E402
 
+from waveglow_cli.quality import snr_db  # noqa: E402
+
 SEED = 1
 
 
@@ -53,12 +55,6 @@ def cpu_model() -> str:
         return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
     except (OSError, subprocess.CalledProcessError):
         return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-
-
-def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    reference, test = reference.astype(np.float64), test.astype(np.float64)
-    noise = float(np.sum((test - reference) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference ** 2)) / noise)
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:

@@ -7,12 +7,14 @@ import json
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
 from conftest import run_cli
 from waveglow_cli.bench import random_model, synthetic_mel
 from waveglow_cli.checkpoint import Checkpoint
-from waveglow_cli.fastpath import FastWaveGlow, fast_path_for, flops_per_sample, snr_db
+from waveglow_cli.fastpath import FastWaveGlow, fast_path_for, flops_per_sample
+from waveglow_cli.quality import snr_db
 from waveglow_cli.model import WaveGlowConfig
 from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer, synthesize
 
@@ -179,3 +181,40 @@ def test_synthetic_mel_range():
     mel = synthetic_mel(80, 50)
     assert mel.shape == (80, 50) and mel.dtype == np.float32
     assert -11.6 < mel.min() and mel.max() < 1.6
+
+
+def test_auto_precision_policy_of_synth(tiny_checkpoint, tmp_path):
+    """`--precision auto`: float32 at sigma 0 (the mode compared with the reference: identical
+    files), the bf16 fast path when sampling on a CPU with native bf16, float32 elsewhere."""
+    from waveglow_cli.synthesis import cpu_has_fast_bf16
+
+    mel = tmp_path / "m.npy"
+    np.save(mel, synthetic_mel(4, 40, seed=1))
+
+    def synth(name, *extra):
+        out = tmp_path / f"{name}.wav"
+        r = run_cli("synth", mel, "-o", out, "-c", tiny_checkpoint, "--device", "cpu",
+                    "--subtype", "FLOAT", "--seed", "5", *extra)
+        assert r.returncode == 0, r.stderr.decode()
+        return soundfile.read(out, dtype="float32")[0]  # (float WAVs carry a dated PEAK chunk)
+
+    assert np.array_equal(synth("auto0", "--sigma", "0"),
+                          synth("fp32_0", "--sigma", "0", "--precision", "fp32"))
+    sampled = synth("auto", "--sigma", "0.6")
+    bf16, fp32 = (synth(p, "--sigma", "0.6", "--precision", p) for p in ("bf16", "fp32"))
+    assert not np.array_equal(bf16, fp32)  # the paths differ, so the check below tells them apart
+    assert np.array_equal(sampled, bf16 if cpu_has_fast_bf16() else fp32)
+
+
+def test_pick_dtype_auto():
+    from waveglow_cli.synthesis import cpu_has_fast_bf16, pick_dtype
+
+    cpu = torch.device("cpu")
+    assert pick_dtype("auto", cpu, sigma=0.0) == torch.float32
+    assert pick_dtype("auto", cpu) == torch.float32  # no sigma known: the exact path
+    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    assert pick_dtype("auto", cpu, sigma=0.6) == expected
+    assert pick_dtype("auto", torch.device("cuda"), sigma=0.6) == torch.float32
+    assert pick_dtype("fp16", cpu, sigma=0.0) == torch.float16
+    with pytest.raises(ValueError, match="unknown precision"):
+        pick_dtype("fp64", cpu)

@@ -36,12 +36,10 @@ bit-exact: this is a reduced-precision path; float32 synthesis keeps using the e
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .model import WaveGlow
@@ -381,12 +379,3 @@ def flops_per_sample(config) -> float:
         total += 2 * per_step
     upsample = 2 * config.n_mel_channels ** 2 * config.upsample_kernel / config.hop_length
     return total / config.n_group + upsample
-
-
-def snr_db(reference: Tensor, test: Tensor) -> float:
-    """10 log10(|reference|^2 / |test - reference|^2)."""
-    reference = reference.detach().double().flatten()
-    test = test.detach().double().flatten()
-    noise = float(torch.sum((test - reference) ** 2))
-    signal = float(torch.sum(reference ** 2))
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)

@@ -201,6 +201,18 @@ def test_info_and_convert(tmp_path, tiny_checkpoint, tiny_reference, mel_file):
     audio, _ = sf.read(tmp_path / "o.wav", dtype="float32")
     assert np.abs(audio - reference_audio(tiny_reference, mel)).max() <= 1e-4
 
+    # --dtype fp16: half the bytes, read back as float32, output close to (not equal) fp32's.
+    half = tmp_path / "tiny16.safetensors"
+    assert run_cli("convert", tiny_checkpoint, half, "--dtype", "fp16").returncode == 0
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    r = run_cli("synth", path, "-o", tmp_path / "h.wav", "-c", half, "--sigma", "0",
+                "--subtype", "FLOAT")
+    assert r.returncode == 0, r.stderr.decode()
+    audio16, _ = sf.read(tmp_path / "h.wav", dtype="float32")
+    assert 0 < np.abs(audio16 - audio).max() <= 0.05 * np.abs(audio).max()
+    r = run_cli("convert", tiny_checkpoint, tmp_path / "x.safetensors", "--dtype", "int8")
+    assert r.returncode == 2 and b"--dtype" in r.stderr
+
 
 def test_denoiser_removes_the_bias_spectrum(tmp_path, tiny_checkpoint, mel_file):
     """The reference algorithm, written out here with librosa: |STFT| minus strength x bias

@@ -26,8 +26,9 @@ def test_builtin_registry_has_the_published_checkpoints(tmp_path):
         entry = reg.entries[name]
         assert entry.urls and all(u.startswith("https://") for u in entry.urls)
         assert entry.mel["n_mels"] == 80 and entry.sample_rate == 22050
-    # No checksum is published for any of them, and none may be invented.
-    assert all(e.sha256 is None and e.size is None for e in reg.entries.values())
+    # No checksum is published for any of them, and none may be invented (a checkpoint that
+    # ships with the package is ours: its sha256 is known).
+    assert all(e.sha256 is None and e.size is None for e in reg.entries.values() if not e.bundled)
     # NGC (direct HTTPS) first, Google Drive as the fallback mirror.
     assert "ngc.nvidia.com" in reg.entries["universal"].urls[0]
     assert "drive.google.com" in reg.entries["universal"].urls[-1]
@@ -68,6 +69,8 @@ aliases = ["my-model"]
     ('[x]\nurls = ["http://127.0.0.1:9/a"]\narchive = "zip"\nmember = "/etc/passwd"', "member"),
     ('["a b"]\nurls = ["http://127.0.0.1:9/a"]', "name"),
     ('[x\nurls = 1', "invalid TOML"),
+    ('[x]\nbundled = "../../etc/passwd"', "bundled"),
+    ('[x]\nbundled = "/etc/passwd"', "bundled"),
 ])
 def test_bad_registry_entries_are_usage_errors(tmp_path, table, message):
     with pytest.raises(UsageError, match=message):
@@ -81,3 +84,26 @@ def test_paths_win_and_unknown_paths_are_named(tmp_path, monkeypatch):
     assert ensure_checkpoint("universal", s) == Path("universal")
     with pytest.raises(UnknownCheckpointError, match="no such checkpoint file"):
         ensure_checkpoint(str(tmp_path / "missing.pt"), s)
+
+
+def test_a_bundled_entry_resolves_to_the_package_without_cache_or_network(tmp_path):
+    # Any file inside the package stands in for a shipped checkpoint here.
+    s = settings_for(tmp_path, '[mine]\nbundled = "checkpoints.toml"\n', offline=True)
+    path = ensure_checkpoint("mine", s)
+    assert path.is_file() and path.parent.name == "waveglow_cli"
+    assert not (tmp_path / "home").exists()  # nothing cached, nothing downloaded
+
+
+def test_a_damaged_bundled_file_is_named_by_fetch(tmp_path):
+    from conftest import run_cli
+
+    registry = tmp_path / "extra.toml"
+    registry.write_text('[mine]\nbundled = "checkpoints.toml"\nsha256 = "' + "0" * 64 + '"\n')
+    env = {"WAVEGLOW_REGISTRY": str(registry), "WAVEGLOW_HOME": str(tmp_path / "home")}
+    r = run_cli("fetch", "mine", env=env)
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "mine" in err and "sha256 mismatch" in err and "reinstall" in err
+    assert "Traceback" not in err
+    r = run_cli("rm", "mine", env=env)
+    assert r.returncode == 0 and "ships with the package" in r.stderr.decode()

@@ -324,3 +324,37 @@ def test_file_lists_and_validation_fraction(clips, tmp_path):
         T.split_validation(files, "1.5", 3, mel_config, 1024)
     train, val, notes = T.split_validation(files, str(clips / "clip2.wav"), 3, mel_config, 1024)
     assert [f.path.name for f in val] == ["clip2.wav"] and len(train) == 5 and notes
+
+
+def test_cosine_schedule_with_warm_up_and_resume(clips, tmp_path):
+    """--lr-schedule cosine --warmup-steps: the rates in metrics.jsonl follow the schedule, and
+    a run resumed half way continues it (same rates, same losses)."""
+    run_dir = tmp_path / "cosine"
+    args = [*TINY, "--batch-size", "2", "--max-steps", "20", "--checkpoint-every", "10",
+            "--lr", "1e-3", "--lr-schedule", "cosine", "--lr-min", "1e-4",
+            "--warmup-steps", "5", "--seed", "3"]
+    result = run_cli("train", clips, "-o", run_dir, *args, env=ENV)
+    assert result.returncode == 0, result.stderr.decode()
+    rates = [r["lr"] for r in metrics(run_dir)]
+    assert rates[:5] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3])
+    assert rates[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(rates[5:], rates[6:]))  # strictly decaying after warm-up
+    assert rates[12] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + np.cos(np.pi * 8 / 15)))
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("run.json", "metrics.jsonl", "step_000010.safetensors", "step_000010.state.pt"):
+        shutil.copy(run_dir / name, resumed / name)
+    result = run_cli("train", "-o", resumed, "--resume", env=ENV)
+    assert result.returncode == 0, result.stderr.decode()
+    again = metrics(resumed)
+    assert [r["lr"] for r in again] == pytest.approx(rates)
+    assert [r["loss"] for r in again[10:]] == pytest.approx(
+        [r["loss"] for r in metrics(run_dir)[10:]], abs=1e-6)
+
+
+def test_bad_schedule_options_are_usage_errors(clips, tmp_path):
+    for extra, message in ((["--lr-schedule", "step"], "--lr-schedule"),
+                           (["--lr-min", "1"], "--lr-min"), (["--warmup-steps", "-1"], "--warmup")):
+        r = run_cli("train", clips, "-o", tmp_path / "x", *TINY, *extra, env=ENV)
+        assert r.returncode == 2 and message in r.stderr.decode(), r.stderr.decode()

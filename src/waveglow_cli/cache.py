@@ -61,7 +61,11 @@ def cache_paths(entry: RegistryEntry, settings: Settings) -> CachePaths:
 
 
 def cached_file(entry: RegistryEntry, settings: Settings) -> Path | None:
-    """The cached file a registry name resolves to (None: not downloaded).  No network."""
+    """The cached file a registry name resolves to (None: not downloaded).  No network.
+    A checkpoint shipped with the package resolves to its file there."""
+    if entry.bundled is not None:
+        path = entry.bundled_path
+        return path if path is not None and path.is_file() else None
     return cache_paths(entry, settings).usable
 
 
@@ -172,6 +176,8 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
     the published (else recorded) sha256 and re-downloads it when it differs; a download is
     verified (size, sha256, loads as a WaveGlow), renamed into place, converted to safetensors
     and its sha256 recorded in ``metadata.json``."""
+    if entry.bundled is not None:
+        return _bundled_result(entry)
     paths = cache_paths(entry, settings)
     if not force and not verify and paths.usable is not None:
         return FetchResult(entry, paths.usable, "cached",
@@ -246,6 +252,20 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
                        entry.sha256 is not None, meta, problem)
 
 
+def _bundled_result(entry: RegistryEntry) -> FetchResult:
+    """A checkpoint shipped with the package: nothing to download; its bytes are checked
+    against the registry's sha256 so that a damaged install is named, not silently used."""
+    from .registry import bundled_checkpoint
+
+    path = bundled_checkpoint(entry)
+    digest = sha256_file(path)
+    if entry.sha256 is not None and digest != entry.sha256:
+        raise ChecksumMismatchError(entry.name, str(path), "sha256", entry.sha256, digest,
+                                    "the file shipped with the package is damaged; reinstall "
+                                    "waveglow")
+    return FetchResult(entry, path, "bundled", digest, entry.sha256 is not None)
+
+
 def _verify(entry: RegistryEntry, settings: Settings, paths: CachePaths) -> tuple[str, str]:
     """(what is wrong with the cached checkpoint or '', what was fixed locally or '').
 
@@ -308,7 +328,9 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
     """What ``waveglow list --json`` shows for one entry (no network, nothing unpickled)."""
     paths = cache_paths(entry, settings)
     meta = read_metadata(entry, settings)
-    usable = paths.usable
+    usable = cached_file(entry, settings)
+    if entry.bundled is not None and usable is not None:
+        meta = {"size": usable.stat().st_size}
     return {
         "name": entry.name,
         "aliases": list(entry.aliases),
@@ -323,6 +345,7 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
         "recorded_sha256": meta.get("sha256"),
         "sample_rate": entry.sample_rate,
         "mel": dict(entry.mel),
+        "bundled": entry.bundled is not None,
         "cached": usable is not None,
         "path": str(usable) if usable is not None else None,
         "cache_dir": str(paths.folder),

@@ -21,7 +21,7 @@ from . import __version__
 from .errors import (AudioFileError, CheckpointNotAvailableError, InputFileError,
                      OutputExistsError, SynthesisError, UsageError, WaveGlowError)
 from .registry import DEFAULT_CHECKPOINT
-from .settings import Settings
+from .settings import Settings, Shard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="WaveGlow vocoder: mel spectrograms to audio, exactly as NVIDIA's "
@@ -224,22 +224,6 @@ def write_stdout(data: bytes) -> None:
 # synth
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of the inputs under torchrun (rank r takes items r, r+N, ...)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> Shard:
-        import os
-
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def _all_ranks_sum(value: int, shard: Shard) -> int:
     """Sum ``value`` over all torchrun ranks (gloo), so every rank exits with the job's status."""
     if shard.world == 1:
@@ -270,7 +254,9 @@ def synth(
         help="Seed: each file's noise then depends only on (seed, its relative path).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(
-        help="auto (= fp32, matches the reference), fp32, fp16 or bf16 (faster, not exact).")] = "auto",
+        help="auto: bf16 fast path on a CPU with native bf16 (AMX/AVX512-BF16) when sigma > 0, "
+             "else fp32 (sigma 0 always fp32: matches the reference); fp32, fp16 or bf16 "
+             "(faster, not exact).")] = "auto",
     subtype: Annotated[str, typer.Option(help="PCM_16, PCM_24, PCM_32 or FLOAT.")] = "PCM_16",
     denoiser_strength: Annotated[float, typer.Option(
         help="Subtract this much of the model's bias spectrum (NVIDIA's denoiser); 0 = off.",
@@ -326,7 +312,7 @@ def synth(
             if torch.cuda.is_available():
                 device = f"cuda:{shard.local_rank % torch.cuda.device_count()}"
         torch_device = pick_device(device)
-        dtype = pick_dtype(precision, torch_device)
+        dtype = pick_dtype(precision, torch_device, sigma)
         vocoder = open_checkpoint(checkpoint, torch_device, settings,
                                   with_denoiser=denoiser_strength > 0, dtype=dtype)
         synthesizer = Synthesizer(vocoder.model, options, batching, vocoder.denoiser)
@@ -550,8 +536,13 @@ def convert(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or registry name.")],
     output: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Storage type: fp32, or fp16 (half the size; weights rounded once, "
+                        "computation unchanged).")] = "fp32",
 ) -> None:
     """Convert any supported checkpoint to the safe, fast-loading safetensors format."""
+    import torch
+
     from .checkpoint import read_checkpoint, save_checkpoint
     from .registry import ensure_checkpoint
 
@@ -559,12 +550,15 @@ def convert(
     try:
         if output.suffix != ".safetensors":
             raise UsageError(f"{output}: the output must end in .safetensors")
+        storage = {"fp32": torch.float32, "fp16": torch.float16}.get(dtype)
+        if storage is None:
+            raise UsageError(f"--dtype {dtype!r}: use fp32 or fp16")
         source = ensure_checkpoint(checkpoint, settings, DownloadBar())
         if output.exists() and output.resolve() == source.resolve():
             raise UsageError(f"{output}: refusing to overwrite the input")
         if output.exists() and not overwrite:
             raise OutputExistsError(output)
-        save_checkpoint(output, read_checkpoint(source))
+        save_checkpoint(output, read_checkpoint(source), dtype=storage)
     except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
     _stderr().out(f"wrote {output}")
@@ -701,6 +695,9 @@ def fetch(
             bar.note(f"{entry.name}: already cached (sha256 {result.sha256 or 'not recorded'})")
         elif result.action == "verified":
             bar.note(f"{entry.name}: verified (sha256 {result.sha256})")
+        elif result.action == "bundled":
+            bar.note(f"{entry.name}: ships with the package, nothing to download "
+                     f"(sha256 {result.sha256}{' verified' if result.published_sha256 else ''})")
         typer.echo(str(result.path))
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
 
@@ -735,7 +732,7 @@ def list_checkpoints(
         aliases = [a for a in row["aliases"] if a.removesuffix(".pt") == a
                    or a.removesuffix(".pt") not in row["aliases"]]   # x.pt beside x: shown once
         table.add_row(row["name"], "\n".join(aliases), _human_size(row["size"]),
-                      "yes" if row["cached"] else "no", first_sentence)
+                      "bundled" if row.get("bundled") else "yes" if row["cached"] else "no", first_sentence)
     Console(highlight=False).print(table)
 
 
@@ -764,6 +761,11 @@ def rm(
             else:
                 raise unknown_checkpoint_error(name, registry)
         for name in dict.fromkeys(targets):
+            entry = registry.find(name)
+            if entry is not None and entry.bundled is not None:
+                if not quiet:
+                    console.out(f"note: {name}: ships with the package; nothing to remove")
+                continue
             removed = remove_checkpoint(name, settings)
             if not quiet:
                 console.out(f"removed {removed}" if removed else f"note: {name}: not cached")
@@ -903,6 +905,12 @@ def train(
     segment_length: Annotated[int, typer.Option(
         help="Samples per training segment (shorter files are zero-padded).")] = 16000,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    lr_schedule: Annotated[str, typer.Option(
+        help="constant, or cosine (from --lr down to --lr-min at --max-steps).")] = "constant",
+    lr_min: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")
+                      ] = 0.0,
+    warmup_steps: Annotated[int, typer.Option(
+        help="Raise the learning rate linearly over the first N steps.")] = 0,
     sigma: Annotated[float, typer.Option(help="Sigma of the Gaussian in the loss.")] = 1.0,
     grad_clip: Annotated[float | None, typer.Option(
         help="Clip the gradient norm to this value (default: no clipping).")] = None,
@@ -953,7 +961,8 @@ def train(
     try:
         options = TrainOptions(
             data=list(data or []), run_dir=output, val=val, segment_length=segment_length,
-            batch_size=batch_size, max_steps=max_steps, lr=lr, sigma=sigma, grad_clip=grad_clip,
+            batch_size=batch_size, max_steps=max_steps, lr=lr, lr_schedule=lr_schedule,
+            lr_min=lr_min, warmup_steps=warmup_steps, sigma=sigma, grad_clip=grad_clip,
             checkpoint_every=checkpoint_every, keep=keep, val_every=val_every,
             log_every=log_every, device=device, precision=precision, workers=workers, seed=seed,
             init_from=init_from, resume=resume, quiet=quiet, n_channels=n_channels,
@@ -974,7 +983,8 @@ def bench(
                                    "full-size 256-channel model; works offline).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(
-        help="auto (= fp32, matches the reference), fp32, fp16 or bf16 (faster, not exact).")] = "auto",
+        help="auto (as in synth: the bf16 fast path on a CPU with native bf16, else fp32), "
+             "fp32, fp16 or bf16.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.", min=1)] = 1,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic utterance.",
                                            min=0.01)] = 10.0,
@@ -992,7 +1002,7 @@ def bench(
     try:
         options = BenchOptions(batch_size=batch_size, seconds=seconds, repeats=repeats)
         torch_device = pick_device(device)
-        dtype = pick_dtype(precision, torch_device)
+        dtype = pick_dtype(precision, torch_device, options.sigma)
         if checkpoint is None:
             model = random_model().to(torch_device)
             if dtype != next(model.parameters()).dtype:

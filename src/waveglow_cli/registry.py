@@ -36,10 +36,20 @@ class RegistryEntry:
     license: str = ""
     sample_rate: int = 22050
     mel: Mapping[str, Any] = field(default_factory=dict)
+    bundled: str | None = None      # shipped inside the package at this relative path: no download
+
+    @property
+    def bundled_path(self) -> Path | None:
+        """Where a checkpoint shipped with the package lies (None: not a bundled entry)."""
+        if self.bundled is None:
+            return None
+        return Path(str(resources.files("waveglow_cli").joinpath(self.bundled)))
 
     @property
     def filename(self) -> str:
         """The checkpoint's file name in the cache."""
+        if self.bundled:
+            return Path(self.bundled).name
         if self.member:
             return Path(self.member).name
         for url in self.urls:
@@ -56,8 +66,14 @@ class RegistryEntry:
         if not _NAME.fullmatch(name) or ".." in name:
             raise fail("a checkpoint name may hold only letters, digits, '.', '_' and '-' "
                        "(it names a folder in the cache)")
-        urls = table.get("urls")
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        bundled = table.get("bundled")
+        if bundled is not None and (not isinstance(bundled, str) or not bundled.strip()
+                                    or bundled.startswith(("/", "\\"))
+                                    or ".." in bundled.replace("\\", "/").split("/")):
+            raise fail("'bundled' must be a path inside the package, without '..'")
+        urls = table.get("urls", [] if bundled else None)
+        if not isinstance(urls, list) or not (urls or bundled) \
+                or not all(isinstance(u, str) for u in urls):
             raise fail("'urls' must be a non-empty list of strings")
         # NVIDIA publishes neither hashes nor byte sizes for most checkpoints; an entry without
         # both is verified by structure on download and its sha256 recorded then.
@@ -85,7 +101,8 @@ class RegistryEntry:
                    archive=table.get("archive"), member=table.get("member"),
                    description=str(table.get("description", "")),
                    license=str(table.get("license", "")),
-                   sample_rate=int(table.get("sample_rate", 22050)), mel=dict(mel))
+                   sample_rate=int(table.get("sample_rate", 22050)), mel=dict(mel),
+                   bundled=bundled)
 
 
 def _parse(text: str, origin: str) -> dict[str, RegistryEntry]:
@@ -158,6 +175,16 @@ def unknown_checkpoint_error(spec: str, registry: Registry) -> UnknownCheckpoint
         f"known: {names} (`waveglow list` describes them)")
 
 
+def bundled_checkpoint(entry: RegistryEntry) -> Path:
+    """The file of an entry shipped inside the package (no cache, no network)."""
+    path = entry.bundled_path
+    if path is None or not path.is_file():
+        raise CheckpointNotAvailableError(
+            f"checkpoint {entry.name!r} should ship with the package at {path}, but that file "
+            "is missing; reinstall waveglow")
+    return path
+
+
 _RUN_CHECKPOINT = re.compile(r"step_(\d+)\.safetensors")
 
 
@@ -186,6 +213,8 @@ def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
         raise unknown_checkpoint_error(spec, registry)
     from .cache import cached_file, fetch_checkpoint
 
+    if entry.bundled is not None:
+        return bundled_checkpoint(entry)
     local = cached_file(entry, settings)
     if local is not None:
         return local

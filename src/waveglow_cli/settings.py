@@ -42,3 +42,23 @@ class Settings:
     @property
     def checkpoint_dir(self) -> Path:
         return self.home / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place under torchrun (RANK, WORLD_SIZE, LOCAL_RANK): synthesis gives rank
+    r the items r, r+N, ...; training shards data and picks the GPU by local rank."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Shard:
+        env = os.environ if environ is None else environ
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")),
+                   int(env.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0

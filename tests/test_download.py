@@ -34,6 +34,9 @@ from waveglow_cli.settings import Settings
 FAST = RetryPolicy(connect_timeout=2.0, read_timeout=0.5, retries=3, backoff=0.01,
                    max_backoff=0.05, chunk_size=16 * 1024)
 NAME = "tiny_waveglow.pt"
+# The /slow route answers this late: far beyond FAST's 0.5 s read timeout, so a fetch that
+# waited for it is told apart from one that timed out even on a heavily loaded machine.
+SLOW_ANSWER_S = 12.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
                 wrong[len(wrong) // 2] ^= 0xFF
                 self._file(bytes(wrong))
             elif route == "slow":
-                time.sleep(2.0)
+                time.sleep(SLOW_ANSWER_S)
                 self._file(data)
             elif route == "drive" and parts[1] == "uc":
                 token = uuid.uuid4().hex
@@ -415,7 +418,7 @@ def test_timeout_and_refused_connection_fall_through(srv, tmp_path):
     s = make_settings(tmp_path, {"tiny": {"urls": urls}})
     t0 = time.monotonic()
     fetch_checkpoint(entry_of(s, "tiny"), s, policy=FAST)
-    assert time.monotonic() - t0 < 1.9   # did not wait for the slow answer
+    assert time.monotonic() - t0 < SLOW_ANSWER_S - 2   # did not wait for the slow answer
     assert [p.split("/")[1] for p, _ in srv.requests()] == ["slow", "files"]
 
 

@@ -641,13 +641,21 @@ def train(options: TrainOptions) -> Path | None:
             torch.cuda.set_device(device)
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         initialised = True
+    finished = False
     try:
-        return _train(options, dist)
+        last = _train(options, dist)
+        finished = True
+        return last
     finally:
         if initialised:
             import torch.distributed as torch_dist
 
             if torch_dist.is_initialized():
+                if finished:
+                    # Leave together: a rank that tears its gloo connections down while
+                    # rank 0 is still writing the last checkpoint can abort the other
+                    # ("terminate called without an active exception").
+                    torch_dist.barrier()
                 torch_dist.destroy_process_group()
 
 

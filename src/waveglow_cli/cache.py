@@ -327,10 +327,11 @@ def remove_checkpoint(entry_or_name: RegistryEntry | str, settings: Settings,
 def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
     """What ``waveglow list --json`` shows for one entry (no network, nothing unpickled)."""
     paths = cache_paths(entry, settings)
-    meta = read_metadata(entry, settings)
     usable = cached_file(entry, settings)
-    if entry.bundled is not None and usable is not None:
-        meta = {"size": usable.stat().st_size}
+    if entry.bundled is not None:  # shipped with the package: no cache metadata to read
+        meta = {"size": usable.stat().st_size} if usable is not None else {}
+    else:
+        meta = read_metadata(entry, settings)
     return {
         "name": entry.name,
         "aliases": list(entry.aliases),

@@ -527,7 +527,7 @@ def info(
     typer.echo(f"parameters:   {n_params:,}")
     typer.echo(f"sample rate:  {ckpt.sample_rate}")
     for key, value in c.to_dict().items():
-        typer.echo(f"{key + ':':<14} {value}" if len(key) >= 13 else f"{key + ':':<14}{value}")
+        typer.echo(f"{key + ':':<13} {value}")
     typer.echo("mel:          " + ", ".join(f"{k}={v}" for k, v in mel.items()))
 
 

@@ -23,6 +23,12 @@ DEFAULT_CHECKPOINT = "universal"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def _is_inner_path(value: object) -> bool:
+    """A non-empty relative path that stays inside its root (no leading slash, no '..')."""
+    return (isinstance(value, str) and bool(value.strip()) and not value.startswith(("/", "\\"))
+            and ".." not in value.replace("\\", "/").split("/"))
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     name: str
@@ -67,9 +73,7 @@ class RegistryEntry:
             raise fail("a checkpoint name may hold only letters, digits, '.', '_' and '-' "
                        "(it names a folder in the cache)")
         bundled = table.get("bundled")
-        if bundled is not None and (not isinstance(bundled, str) or not bundled.strip()
-                                    or bundled.startswith(("/", "\\"))
-                                    or ".." in bundled.replace("\\", "/").split("/")):
+        if bundled is not None and not _is_inner_path(bundled):
             raise fail("'bundled' must be a path inside the package, without '..'")
         urls = table.get("urls", [] if bundled else None)
         if not isinstance(urls, list) or not (urls or bundled) \
@@ -89,9 +93,7 @@ class RegistryEntry:
         if table.get("archive") and not table.get("member"):
             raise fail("an 'archive' needs a 'member'")
         member = table.get("member")
-        if member is not None and (not isinstance(member, str) or not member.strip()
-                                   or member.startswith(("/", "\\"))
-                                   or ".." in member.replace("\\", "/").split("/")):
+        if member is not None and not _is_inner_path(member):
             raise fail("'member' must be a relative path inside the archive, without '..'")
         mel = table.get("mel", {})
         if not isinstance(mel, Mapping):

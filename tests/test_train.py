@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,71 @@ def test_fine_tune_from_checkpoint(trained_run, clips, tmp_path):
     refused = run_cli("train", clips, "-o", tmp_path / "ft2", "--from", trained_run,
                       "--n-channels", "16", "--max-steps", "1", env=ENV)
     assert refused.returncode == 2 and "architecture comes from --from" in refused.stderr.decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_a_step_with_a_checkpoint_that_resumes_exactly(
+        trained_run, clips, tmp_path, signum):
+    """Ctrl-C (or a scheduler's SIGTERM) mid-run: the run finishes its step, saves it, exits
+    128 + signal, and --resume continues with exactly the uninterrupted run's losses."""
+    run_dir = tmp_path / "stopped"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "waveglow_cli", "train", str(clips), "-o", str(run_dir), *TINY,
+         "--batch-size", "4", "--max-steps", "300", "--checkpoint-every", "150", "--keep", "2",
+         "--lr", "1e-3", "--seed", "1", "--val", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "WAVEGLOW_OFFLINE": "1", **ENV})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "metrics.jsonl").is_file() and len(metrics(run_dir)) >= 5):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                process.stderr.read().decode() if process.poll() is not None else "no steps"
+            time.sleep(0.02)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, err.decode()
+    step = max(T.checkpoint_steps(run_dir))
+    assert 5 <= step < 300
+    message = err.decode().strip().splitlines()[-1]
+    assert message.startswith(f"error: stopped at step {step} by {signal.Signals(signum).name}")
+    assert str(run_dir / f"step_{step:06d}.safetensors") in message and "--resume" in message
+    assert out == b""  # stdout carries the final checkpoint only on success
+    assert metrics(run_dir)[-1]["step"] == step
+
+    result = run_cli("train", "-o", run_dir, "--resume", "--max-steps", step + 10, env=ENV)
+    assert result.returncode == 0, result.stderr.decode()
+    resumed, original = metrics(run_dir), metrics(trained_run)
+    assert [r["step"] for r in resumed] == list(range(1, step + 11))
+    for a, b in zip(resumed[step:], original[step:step + 10]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6, rel=0)
+
+
+def test_tensorboard_scalars_follow_metrics_and_a_resume_replaces_the_lost_steps(clips,
+                                                                                   tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "tb"
+    common = [*TINY, "--batch-size", "2", "--checkpoint-every", "3", "--seed", "3",
+              "--val", "0.34", "--val-every", "2", "-q"]
+    first = run_cli("train", clips, "-o", run_dir, *common, "--max-steps", "6",
+                    "--tensorboard", env=ENV)
+    assert first.returncode == 0, first.stderr.decode()
+    for path in run_dir.glob("step_000006.*"):  # as if the run had died after step 6's logs
+        path.unlink()
+    resumed = run_cli("train", "-o", run_dir, "--resume", "--max-steps", "8", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    records = metrics(run_dir)
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [r["step"] for r in records] == list(range(1, 9))
+    assert [e.value for e in losses] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+    assert [e.step for e in events.Scalars("val/loss")] == [2, 4, 6, 8]
+    assert {"train/lr", "train/grad_norm", "train/segments_per_s"} <= set(
+        events.Tags()["scalars"])
 
 
 def _free_port() -> int:

@@ -49,7 +49,9 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 def report(error: BaseException, settings: Settings | None = None,
            console: Console | None = None) -> int:
     """Print ``error`` as one line on stderr and return the exit code it maps to."""
-    code = next((c for t, c in _EXIT_CODES if isinstance(error, t)), EXIT_INPUT_FAILED)
+    code = getattr(error, "exit_code", None)  # 128 + signal for a run stopped by a signal
+    if not isinstance(code, int):
+        code = next((c for t, c in _EXIT_CODES if isinstance(error, t)), EXIT_INPUT_FAILED)
     (console or _stderr()).out(f"error: {error}")
     if settings is not None and settings.debug:
         traceback.print_exception(error, file=sys.stderr)
@@ -946,6 +948,9 @@ def train(
     n_early_size: Annotated[int, typer.Option(help="Channels per early output.")] = 2,
     n_mel_channels: Annotated[int, typer.Option(help="Mel channels (fresh model).")] = 80,
     sample_rate: Annotated[int, typer.Option(help="Sample rate (fresh model).")] = 22050,
+    tensorboard: Annotated[bool, typer.Option(
+        help="Also log the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs the "
+             "tensorboard package).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line or notes.")
                      ] = False,
 ) -> None:
@@ -965,8 +970,9 @@ def train(
             lr_min=lr_min, warmup_steps=warmup_steps, sigma=sigma, grad_clip=grad_clip,
             checkpoint_every=checkpoint_every, keep=keep, val_every=val_every,
             log_every=log_every, device=device, precision=precision, workers=workers, seed=seed,
-            init_from=init_from, resume=resume, quiet=quiet, n_channels=n_channels,
-            n_layers=n_layers, n_flows=n_flows, n_group=n_group, n_early_every=n_early_every,
+            init_from=init_from, resume=resume, quiet=quiet, tensorboard=tensorboard,
+            n_channels=n_channels, n_layers=n_layers, n_flows=n_flows, n_group=n_group,
+            n_early_every=n_early_every,
             n_early_size=n_early_size, n_mel_channels=n_mel_channels, sample_rate=sample_rate,
             explicit=explicit)
         last = run_training(options)

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
 import random
 import re
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,19 +58,80 @@ STATE_VERSION = 1
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.safetensors$")
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+# metrics.jsonl key -> TensorBoard scalar tag
+TENSORBOARD_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr",
+                    "grad_norm": "train/grad_norm", "segments_per_s": "train/segments_per_s"}
 MAX_SKIP_NOTES = 20
 MAX_FP16_OVERFLOWS = 20  # consecutive non-finite fp16 losses skipped before training stops
 
 # Options a resumed run takes from run.json unless they are given again on the command line.
 RESUMABLE = ("data", "val", "segment_length", "batch_size", "lr", "lr_schedule", "lr_min",
              "warmup_steps", "sigma", "grad_clip", "seed",
-             "checkpoint_every", "keep", "val_every", "log_every", "precision", "max_steps")
+             "checkpoint_every", "keep", "val_every", "log_every", "precision", "max_steps",
+             "tensorboard")
 ARCHITECTURE = ("n_channels", "n_layers", "n_flows", "n_group", "n_early_every", "n_early_size",
                 "n_mel_channels", "sample_rate")
 
 
 class TrainingError(WaveGlowError):
     """Training stopped (a non-finite loss, no usable data, an unreadable run folder)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequests:
+    """Turns SIGINT (Ctrl-C) and SIGTERM (a scheduler's pre-emption) into a request that the
+    step loop honours between steps, so the run stops on a complete optimizer update with a
+    checkpoint instead of dying half-way.  A second Ctrl-C interrupts at once.  Only the
+    main thread can install handlers; elsewhere (training called from a worker thread) the
+    signals keep their default behaviour."""
+
+    def __init__(self, on_request: Callable[[str], None]) -> None:
+        self.signum: int | None = None
+        self._on_request = on_request
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+            self._on_request(f"{signal.Signals(signum).name}: stopping after this step and "
+                             "saving a checkpoint" + (" (Ctrl-C again to stop at once)"
+                                                      if signum == signal.SIGINT else ""))
+
+    def requested(self, dist: Shard, device: torch.device) -> int | None:
+        """The signal that asked to stop, agreed by all ranks (any rank's request stops all)."""
+        if dist.world == 1:
+            return self.signum
+        import torch.distributed as torch_dist
+
+        flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers share the terminal's process group: without this, Ctrl-C would kill
+    them while the main process is still finishing its step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -98,6 +162,7 @@ class TrainOptions:
     init_from: str | None = None
     resume: bool = False
     quiet: bool = False
+    tensorboard: bool = False       # also log the metrics as TensorBoard scalars
     n_channels: int = 256
     n_layers: int = 8
     n_flows: int = 12
@@ -151,6 +216,9 @@ class TrainOptions:
             problems.append("--workers must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision {self.precision!r}: use auto, fp32, bf16 or fp16")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            problems.append("--tensorboard needs the tensorboard package: "
+                            "pip install 'waveglow-cli[tensorboard]'")
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -496,6 +564,7 @@ class Reporter:
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.progress = None
         self.metrics_file = None
+        self.tensorboard: Any = None
         if enabled and not quiet and self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -518,10 +587,23 @@ class Reporter:
         if self.enabled:
             self.metrics_file = path.open("a", encoding="utf-8")
 
+    def open_tensorboard(self, log_dir: Path, resume_step: int | None) -> None:
+        """Scalars under ``log_dir``; on resume, events after the checkpoint's step (logged
+        by the run that was stopped) are purged, as metrics.jsonl is truncated."""
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(
+                str(log_dir), purge_step=None if resume_step is None else resume_step + 1)
+
     def metrics(self, record: dict[str, Any]) -> None:
         if self.metrics_file is not None:
             self.metrics_file.write(json.dumps(record) + "\n")
             self.metrics_file.flush()
+        if self.tensorboard is not None:
+            for key, tag in TENSORBOARD_TAGS.items():
+                if isinstance(record.get(key), (int, float)):
+                    self.tensorboard.add_scalar(tag, record[key], record["step"])
 
     def update(self, step: int, loss: float, rate: float) -> None:
         if self.progress is not None:
@@ -535,6 +617,9 @@ class Reporter:
         if self.metrics_file is not None:
             self.metrics_file.close()
             self.metrics_file = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -789,6 +874,8 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
         _write_json_atomic(run_dir / RUN_FILE, record)
         truncate_metrics(run_dir / METRICS_FILE, step)
         report.open_metrics(run_dir / METRICS_FILE)
+        if options.tensorboard:
+            report.open_tensorboard(run_dir / TENSORBOARD_DIR, resume_step)
 
     if step >= options.max_steps:
         report.note(f"already at step {step} (--max-steps {options.max_steps}); nothing to do")
@@ -800,7 +887,8 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(step + 1, options.max_steps, options.batch_size,
                                            dist.rank, dist.world),
-        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_interrupts if workers else None)
 
     def save(at: int) -> Path:
         nonlocal last_saved
@@ -809,66 +897,80 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
         last_saved = model_path(run_dir, at)
         return last_saved
 
-    interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
-    overflows = 0
-    for mel, audio in loader:
-        step += 1
-        mel = mel.to(device, non_blocking=True)
-        audio = audio.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
-            z, log_s, log_det = net(mel, audio)
-        loss = waveglow_loss(z.float(), [s.float() for s in log_s],
-                             [d.float() for d in log_det], options.sigma)
-        value = _mean_over_ranks(loss.detach(), dist)
-        if not math.isfinite(value):
-            report.metrics({"step": step, "loss": None, "error": f"non-finite loss ({value})"})
-            overflows += 1
-            if scaler.is_enabled() and overflows < MAX_FP16_OVERFLOWS:
-                # fp16 overflow in the forward pass: skip the update, as the scaler would,
-                # and lower the scale
-                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-                continue
-            raise TrainingError(_diverged(f"the loss is {value}", step, last_saved))
+    with StopRequests(report.note) as stop:
+        interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
         overflows = 0
-        lr = options.learning_rate(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(
-            model.parameters(), options.grad_clip if options.grad_clip else math.inf))
-        if not math.isfinite(grad_norm) and not scaler.is_enabled():
-            report.metrics({"step": step, "loss": value,
-                            "error": f"non-finite gradient norm ({grad_norm})"})
-            raise TrainingError(_diverged(f"the gradient norm is {grad_norm}", step, last_saved))
-        scaler.step(optimizer)
-        scaler.update()
+        for mel, audio in loader:
+            step += 1
+            mel = mel.to(device, non_blocking=True)
+            audio = audio.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                z, log_s, log_det = net(mel, audio)
+            loss = waveglow_loss(z.float(), [s.float() for s in log_s],
+                                 [d.float() for d in log_det], options.sigma)
+            value = _mean_over_ranks(loss.detach(), dist)
+            if not math.isfinite(value):
+                report.metrics({"step": step, "loss": None,
+                                "error": f"non-finite loss ({value})"})
+                overflows += 1
+                if scaler.is_enabled() and overflows < MAX_FP16_OVERFLOWS:
+                    # fp16 overflow in the forward pass: skip the update, as the scaler would,
+                    # and lower the scale
+                    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+                    continue
+                raise TrainingError(_diverged(f"the loss is {value}", step, last_saved))
+            overflows = 0
+            lr = options.learning_rate(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                model.parameters(), options.grad_clip if options.grad_clip else math.inf))
+            if not math.isfinite(grad_norm) and not scaler.is_enabled():
+                report.metrics({"step": step, "loss": value,
+                                "error": f"non-finite gradient norm ({grad_norm})"})
+                raise TrainingError(_diverged(f"the gradient norm is {grad_norm}", step,
+                                              last_saved))
+            scaler.step(optimizer)
+            scaler.update()
 
-        interval_loss += value
-        interval_steps += 1
-        validate = bool(val_examples) and (step % val_every == 0 or step == options.max_steps)
-        checkpoint = step % options.checkpoint_every == 0 or step == options.max_steps
-        if step % options.log_every == 0 or validate or checkpoint:
-            elapsed = time.perf_counter() - interval_start
-            rate = interval_steps * options.batch_size * dist.world / max(elapsed, 1e-9)
-            record = {"step": step, "loss": interval_loss / interval_steps,
-                      "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                      "lr": lr, "segments_per_s": rate,
-                      "audio_seconds_per_s": rate * options.segment_length
-                      / mel_config.sample_rate}
-            if validate:
-                record["val_loss"] = evaluate(model, val_examples, options, device, amp_dtype,
-                                              dist)
-            report.metrics(record)
-            report.update(step, record["loss"], rate)
-            interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
-            if checkpoint:
-                path = save(step)
-                report.line(f"step {step}/{options.max_steps}  loss {record['loss']:+.6f}"
-                            + (f"  val_loss {record['val_loss']:+.6f}" if validate else "")
-                            + f"  {rate:.1f} segments/s  saved {path}")
+            interval_loss += value
+            interval_steps += 1
+            validate = bool(val_examples) and (step % val_every == 0
+                                               or step == options.max_steps)
+            checkpoint = step % options.checkpoint_every == 0 or step == options.max_steps
+            if step % options.log_every == 0 or validate or checkpoint:
+                elapsed = time.perf_counter() - interval_start
+                rate = interval_steps * options.batch_size * dist.world / max(elapsed, 1e-9)
+                record = {"step": step, "loss": interval_loss / interval_steps,
+                          "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                          "lr": lr, "segments_per_s": rate,
+                          "audio_seconds_per_s": rate * options.segment_length
+                          / mel_config.sample_rate}
+                if validate:
+                    record["val_loss"] = evaluate(model, val_examples, options, device,
+                                                  amp_dtype, dist)
+                report.metrics(record)
+                report.update(step, record["loss"], rate)
+                interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
+                if checkpoint:
+                    path = save(step)
+                    report.line(f"step {step}/{options.max_steps}  loss {record['loss']:+.6f}"
+                                + (f"  val_loss {record['val_loss']:+.6f}" if validate else "")
+                                + f"  {rate:.1f} segments/s  saved {path}")
+            signum = stop.requested(dist, device)
+            if signum is not None and step < options.max_steps:
+                if interval_steps:  # the loss of the steps since the last logged line
+                    report.metrics({"step": step, "loss": interval_loss / interval_steps,
+                                    "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                                    "lr": lr})
+                path = last_saved if checkpoint else save(step)
+                raise TrainingInterrupted(
+                    f"stopped at step {step} by {signal.Signals(signum).name}; saved {path}; "
+                    f"continue with: waveglow train -o {run_dir} --resume", signum)
     return last_saved
 
 

@@ -261,6 +261,35 @@ def test_torchrun_two_processes_equal_one(clips, tmp_path):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
 
 
+def test_ctrl_c_under_torchrun_stops_every_rank_after_the_same_step(clips, tmp_path):
+    """Ctrl-C reaches the whole process group: both ranks stop after one step, rank 0 saves
+    it, and one line (not one per rank) says where."""
+    run_dir = tmp_path / "ddp"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         "-m", "waveglow_cli", "train", str(clips), "-o", str(run_dir), *TINY,
+         "--batch-size", "2", "--max-steps", "100000", "--seed", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, "WAVEGLOW_OFFLINE": "1", **ENV})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "metrics.jsonl").is_file() and len(metrics(run_dir)) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    [step] = T.checkpoint_steps(run_dir)
+    stopped = [line for line in err.decode().splitlines() if line.startswith("error: stopped")]
+    assert stopped == [f"error: stopped at step {step} by SIGINT; saved "
+                       f"{run_dir / f'step_{step:06d}.safetensors'}; continue with: "
+                       f"waveglow train -o {run_dir} --resume"]
+    assert metrics(run_dir)[-1]["step"] == step
+
+
 def test_bad_files_are_skipped_with_a_note(clips, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

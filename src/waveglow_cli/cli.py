@@ -956,7 +956,7 @@ def train(
 ) -> None:
     """Train WaveGlow by maximum likelihood, or fine-tune a checkpoint (--from); several
     processes or GPUs with torchrun."""
-    from .train import TrainOptions
+    from .train import TrainingInterrupted, TrainOptions
     from .train import train as run_training
 
     settings = Settings.from_env()
@@ -976,6 +976,10 @@ def train(
             n_early_size=n_early_size, n_mel_channels=n_mel_channels, sample_rate=sample_rate,
             explicit=explicit)
         last = run_training(options)
+    except TrainingInterrupted as e:
+        if Shard.from_env().rank != 0:  # every rank stopped at the same step; one says so
+            raise typer.Exit(e.exit_code) from None
+        _exit_with(e, settings)
     except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
     if last is not None and Shard.from_env().rank == 0:

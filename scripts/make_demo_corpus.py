@@ -6,17 +6,14 @@ Python's standard library with many voices, variants, pitches and speeds. Every 
 a seeded RNG, so the same espeak-ng and Python give the same corpus.
 
     python scripts/make_demo_corpus.py OUT_DIR [--train 480] [--held-out 40] [--seed 0]
-        [--noise-floor-db -60]
+        [--noise-floor-db -75:-50]
 
-A seeded white-noise floor (default -60 dBFS RMS, about 40 dB under the speech) is added to
-every clip. espeak-ng pauses are exact digital zeros, which no recording has: on them a flow
-can raise its likelihood without limit by predicting zeros from the neighbouring zeros in the
-audio, so the first demo model learned silence from the audio instead of the mel. With a floor
-the mel is what tells silence from speech, as with recorded data.
-
-Writes OUT_DIR/train/*.wav and OUT_DIR/held_out/*.wav (22050 Hz mono PCM16) and a manifest.tsv
-(file, voice, pitch, speed, text). Held-out clips use sentences that never occur in train/, and
-half of them a voice variant that train/ never uses.
+A seeded white-noise floor is added to every clip, its RMS drawn per clip from the range (in
+dBFS; a single number fixes it). espeak-ng pauses are exact digital zeros, which no recording
+has: on them a flow can raise its likelihood without limit by predicting zeros from the
+neighbouring zeros in the audio, so the first demo model learned silence from the audio instead
+of the mel. With a floor, and one whose level varies from clip to clip, only the mel tells the
+model how loud the pauses are.
 """
 from __future__ import annotations
 
@@ -72,14 +69,25 @@ def speak(text: str, voice: str, pitch: int, speed: int, path: Path) -> None:
                    check=True, capture_output=True)
 
 
-def add_noise_floor(path: Path, level_db: float, seed: tuple[int, ...]) -> None:
-    """Add seeded white noise of RMS ``level_db`` dBFS to a PCM16 wav file, in place."""
+def noise_floor_range(text: str) -> tuple[float, float] | None:
+    if text == "none":
+        return None
+    low, _, high = text.partition(":")
+    return float(low), float(high or low)
+
+
+def add_noise_floor(path: Path, levels_db: tuple[float, float], seed: tuple[int, ...]) -> float:
+    """Add seeded white noise, RMS drawn uniformly from ``levels_db`` (dBFS), to a PCM16 wav
+    file in place; returns the level used."""
     import numpy as np
     import soundfile
 
+    rng = np.random.default_rng(list(seed))
+    level_db = float(rng.uniform(min(levels_db), max(levels_db)))
     samples, rate = soundfile.read(path, dtype="float64")
-    noise = np.random.default_rng(list(seed)).standard_normal(samples.shape) * 10.0 ** (level_db / 20)
+    noise = rng.standard_normal(samples.shape) * 10.0 ** (level_db / 20)
     soundfile.write(path, np.clip(samples + noise, -1.0, 32767 / 32768), rate, subtype="PCM_16")
+    return level_db
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=480)
     parser.add_argument("--held-out", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise-floor-db", type=float, default=-60.0,
-                        help="RMS of the added white noise in dBFS (-inf or below -200: none)")
+    parser.add_argument("--noise-floor-db", type=noise_floor_range, default=(-75.0, -50.0),
+                        help="RMS of the added white noise in dBFS, LOW:HIGH (drawn per clip) "
+                             "or one level; 'none' for no noise")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -114,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             pitch, speed = rng.randint(25, 75), rng.randint(130, 190)
             path = folder / f"{split}_{i:04d}.wav"
             speak(text, voice, pitch, speed, path)
-            if args.noise_floor_db > -200:
-                add_noise_floor(path, args.noise_floor_db, (args.seed, split == "train", i))
-            rows.append(f"{split}/{path.name}\t{voice}\t{pitch}\t{speed}\t{text}")
-    (args.out / "manifest.tsv").write_text("file\tvoice\tpitch\tspeed\ttext\n" + "\n".join(rows) + "\n")
+            floor = "none"
+            if args.noise_floor_db is not None:
+                level = add_noise_floor(path, args.noise_floor_db, (args.seed, split == "train", i))
+                floor = f"{level:.1f}"
+            rows.append(f"{split}/{path.name}\t{voice}\t{pitch}\t{speed}\t{floor}\t{text}")
+    (args.out / "manifest.tsv").write_text("file\tvoice\tpitch\tspeed\tnoise_floor_db\ttext\n" + "\n".join(rows) + "\n")
     print(f"{len(train_text)} train and {len(held_out_text)} held-out clips in {args.out}", file=sys.stderr)
     return 0
 

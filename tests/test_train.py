@@ -158,6 +158,8 @@ def test_fine_tune_from_checkpoint(trained_run, clips, tmp_path):
     first = metrics(run_dir)[0]["loss"]
     assert first < -1.0 and abs(first - start) < 1.0, (first, start)
     assert read_checkpoint(run_dir / "step_000002.safetensors").config.n_mel_channels == 16
+    recorded = json.loads((run_dir / "run.json").read_text())["options"]
+    assert (recorded["n_channels"], recorded["n_flows"], recorded["n_mel_channels"]) == (8, 4, 16)
     refused = run_cli("train", clips, "-o", tmp_path / "ft2", "--from", trained_run,
                       "--n-channels", "16", "--max-steps", "1", env=ENV)
     assert refused.returncode == 2 and "architecture comes from --from" in refused.stderr.decode()

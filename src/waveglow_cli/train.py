@@ -862,7 +862,10 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {"options": {**{name: getattr(options, name) for name in RESUMABLE},
-                              **{name: getattr(options, name) for name in ARCHITECTURE}},
+                              # the model's own (from --from or the checkpoint), not the
+                              # flags' defaults
+                              **{name: getattr(config, name, None) for name in ARCHITECTURE},
+                              "sample_rate": mel_config.sample_rate},
                   "init_from": (str(Path(options.init_from).expanduser().resolve())
                                 if options.init_from and Path(options.init_from).expanduser()
                                 .exists() else options.init_from),

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
              "trained_with": "waveglow train (see docs/demo-model.md)",
              "training_step": source.metadata.get("step", "?"),
              "training_options": json.dumps(run.get("options", {}), sort_keys=True),
+             "training_init_from": str(run.get("init_from") or "a fresh model"),
              "training_data": "scripts/make_demo_corpus.py: espeak-ng speech, 480 clips, 34 min",
              "storage": "float16 weights; computation is float32"}
     save_checkpoint(args.out, source, dtype=torch.float16, extra=extra)

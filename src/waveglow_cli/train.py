@@ -865,7 +865,8 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
         record = {"options": {**{name: getattr(options, name) for name in RESUMABLE},
                               # the model's own (from --from or the checkpoint), not the
                               # flags' defaults
-                              **{name: getattr(config, name, None) for name in ARCHITECTURE},
+                              **{name: getattr(config, name) for name in ARCHITECTURE
+                                 if name != "sample_rate"},
                               "sample_rate": mel_config.sample_rate},
                   "init_from": (str(Path(options.init_from).expanduser().resolve())
                                 if options.init_from and Path(options.init_from).expanduser()
@@ -945,7 +946,11 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
             interval_steps += 1
             validate = bool(val_examples) and (step % val_every == 0
                                                or step == options.max_steps)
-            checkpoint = step % options.checkpoint_every == 0 or step == options.max_steps
+            # A stop request (agreed by all ranks) makes this step a logged checkpoint.
+            signum = stop.requested(dist, device)
+            stopping = signum is not None and step < options.max_steps
+            checkpoint = (step % options.checkpoint_every == 0 or step == options.max_steps
+                          or stopping)
             if step % options.log_every == 0 or validate or checkpoint:
                 elapsed = time.perf_counter() - interval_start
                 rate = interval_steps * options.batch_size * dist.world / max(elapsed, 1e-9)
@@ -965,16 +970,11 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
                     report.line(f"step {step}/{options.max_steps}  loss {record['loss']:+.6f}"
                                 + (f"  val_loss {record['val_loss']:+.6f}" if validate else "")
                                 + f"  {rate:.1f} segments/s  saved {path}")
-            signum = stop.requested(dist, device)
-            if signum is not None and step < options.max_steps:
-                if interval_steps:  # the loss of the steps since the last logged line
-                    report.metrics({"step": step, "loss": interval_loss / interval_steps,
-                                    "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                                    "lr": lr})
-                path = last_saved if checkpoint else save(step)
+            if stopping:
                 raise TrainingInterrupted(
-                    f"stopped at step {step} by {signal.Signals(signum).name}; saved {path}; "
-                    f"continue with: waveglow train -o {run_dir} --resume", signum)
+                    f"stopped at step {step} by {signal.Signals(signum).name}; saved "
+                    f"{last_saved}; continue with: waveglow train -o {run_dir} --resume",
+                    signum)
     return last_saved
 
 

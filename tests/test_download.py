@@ -4,6 +4,7 @@ answers, a Google-Drive-like confirmation page).  Nothing else is ever contacted
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -37,6 +38,7 @@ NAME = "tiny_waveglow.pt"
 # The /slow route answers this late: far beyond FAST's 0.5 s read timeout, so a fetch that
 # waited for it is told apart from one that timed out even on a heavily loaded machine.
 SLOW_ANSWER_S = 12.0
+BOMB_BYTES = 64 << 20   # what the gzip and zip bombs expand to
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +141,23 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _endless(self, data: bytes) -> None:
+        """HTTP/1.1 without Content-Length: the body lasts until the connection closes, so the
+        client cannot know its size.  Stops when the client hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self.wfile.write(data)
+        zeros = bytes(1 << 16)
+        sent = len(data)
+        # "Endless" for a test: 64 times the cap the tests set, so that a client without a
+        # cap fails the test on its outcome instead of filling the disk.
+        while sent < BOMB_BYTES:
+            self.wfile.write(zeros)
+            sent += len(zeros)
+
     # -- routes
 
     def do_GET(self) -> None:  # noqa: C901 - one small router
@@ -206,6 +225,22 @@ class Handler(BaseHTTPRequestHandler):
                                {"Set-Cookie": "download_warning_77=Tok9; Path=/"})
             elif route == "quota":
                 self._page(200, DRIVE_QUOTA)
+            elif route == "endless":  # no Content-Length: a valid pickle, then zeros forever
+                self._endless(data)
+            elif route == "gzip":  # a small gzip body that decodes to far more (a gzip bomb)
+                self._send(200, state.files["bomb.gz"], {"Content-Encoding": "gzip"})
+            elif route == "trickle":  # announces the file, then sends a byte every 0.2 s
+                self._headers(200, len(data))
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            elif route == "huge":  # announces 10 GiB; refused before any body byte is read
+                self._headers(200, 10 << 30)
+                self.wfile.write(data[:1024])
+                self.wfile.flush()
+                time.sleep(3)
+                self.close_connection = True
             else:
                 self._page(404, "<html><title>unknown route</title></html>")
         except (BrokenPipeError, ConnectionResetError):
@@ -215,6 +250,11 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     state: ServerState
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up on purpose (a refused download) is no server error.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def requests(self, prefix: str = "/") -> list[tuple[str, str | None]]:
         return self.state.requests(prefix)
@@ -235,6 +275,13 @@ def http_server(tiny_checkpoint):
         zf.writestr("../escaped.pt", b"must never be written anywhere")
         zf.writestr(NAME, data)
     server.state.files["bundle.zip"] = buffer.getvalue()
+    # Bombs: 64 MiB of zeros as a gzip body, and as a zip member (each about 64 KB on the wire).
+    server.state.files["bomb.gz"] = gzip.compress(bytes(BOMB_BYTES), compresslevel=1)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", "weights inside")
+        zf.writestr(NAME, bytes(BOMB_BYTES))
+    server.state.files["bomb.zip"] = buffer.getvalue()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
@@ -552,12 +599,16 @@ def test_verify_repairs_a_corrupted_cache(srv, tmp_path):
     assert fetch_checkpoint(entry, s, verify=True, policy=FAST).action == "verified"
     checkpoint_module.read_checkpoint(paths.converted)
     assert len(srv.requests()) == 1
-    # A corrupted original no longer matches the recorded sha256: downloaded again.
+    # A corrupted weight in the original: it no longer matches the recorded sha256 and its
+    # weights differ from the safetensors copy that still matches its record (proof that the
+    # bytes changed, not the record): downloaded again.  (The legacy format keeps its
+    # storages at the end of the file.)
     corrupt = bytearray(srv.data)
-    corrupt[1000] ^= 1
+    corrupt[-100] ^= 0x40
     paths.original.write_bytes(bytes(corrupt))
     result = fetch_checkpoint(entry, s, verify=True, policy=FAST)
     assert result.action == "repaired" and "sha256" in result.problem
+    assert "weights differ" in result.problem
     assert paths.original.read_bytes() == srv.data
     assert len(srv.requests()) == 2
 

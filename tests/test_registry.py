@@ -71,6 +71,8 @@ aliases = ["my-model"]
     ('[x\nurls = 1', "invalid TOML"),
     ('[x]\nbundled = "../../etc/passwd"', "bundled"),
     ('[x]\nbundled = "/etc/passwd"', "bundled"),
+    # tomllib recurses per nesting level: this was "internal error (RecursionError)".
+    ("[x]\nurls = " + "[" * 50_000 + "]" * 50_000, "nested too deeply"),
 ])
 def test_bad_registry_entries_are_usage_errors(tmp_path, table, message):
     with pytest.raises(UsageError, match=message):

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
 import pickle
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
-from .errors import AudioFileError, MelFileError, SynthesisError, UsageError
+from .errors import AudioFileError, InputFileError, MelFileError, SynthesisError, UsageError
+from .fileio import atomic_write  # noqa: F401 - the writers' entry point, re-exported
 
 SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
@@ -46,18 +50,100 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
-def read_bytes(source: str | os.PathLike[str], name: str, error: type,
-               limit: int | None = None) -> bytes:
-    """The file's bytes (its first ``limit`` only, if given); failures as ``error(name, reason)``."""
+# Standard input and FIFOs have no size to check up front and may never end (``- < /dev/zero``):
+# they are copied into an unlinked temporary file as they are read, at most this many bytes
+# (2 GiB: a ten-hour 80-mel float32 .npy is 1 GiB).  Anything larger can be a regular file.
+PIPE_LIMIT_BYTES = 2 * 1024**3
+_COPY_CHUNK = 1 << 20
+
+
+def _file_kind(mode: int) -> str:
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def spool(stream: IO[bytes], name: str, error: type[InputFileError] = InputFileError,
+          limit: int = PIPE_LIMIT_BYTES) -> IO[bytes]:
+    """Copy a pipe (stdin, a FIFO) into an unlinked temporary file, refusing more than
+    ``limit`` bytes; returns the file, at its start (seekable, memory-mappable)."""
+    out = tempfile.TemporaryFile()
     try:
-        with open(source, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
-    except IsADirectoryError:
-        raise error(name, "is a directory") from None
+        total = 0
+        while True:
+            chunk = stream.read(min(_COPY_CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise error(name, f"more than {_size_text(limit)} arrived through a pipe; give "
+                                  "an input this large as a regular file")
+            out.write(chunk)
+        out.seek(0)
+        return out
+    except OSError as e:
+        out.close()
+        raise error(name, f"cannot read: {e.strerror or e}") from None
+    except BaseException:
+        out.close()
+        raise
+
+
+def open_input(source: str | os.PathLike[str], name: str,
+               error: type[InputFileError] = InputFileError, *,
+               pipe_limit: int = PIPE_LIMIT_BYTES) -> IO[bytes]:
+    """Open an input file for reading: a regular file as it is, a FIFO (``<(cmd)``) copied
+    to a temporary file with the ``pipe_limit`` cap.  Anything else (``/dev/zero``, a
+    terminal, a socket, a folder) is refused.  The check is ``fstat`` of what was opened, so a
+    path swapped meanwhile gains nothing; it is opened non-blocking, so a FIFO or a device does
+    not block the open itself."""
+    flags = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        fd = os.open(source, flags)
     except FileNotFoundError:
         raise error(name, "no such file") from None
+    except IsADirectoryError:
+        raise error(name, "is a directory") from None
     except OSError as e:
         raise error(name, f"cannot read: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise error(name, f"is {_file_kind(mode)}, not a regular file; give a file (or - "
+                              "for standard input)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISFIFO(mode):
+        # Read from the descriptor already checked (blocking again).  A writer that is
+        # already waiting counts; a FIFO opened before any writer comes reads as empty.
+        with f:
+            return spool(f, name, error, pipe_limit)
+    return f
+
+
+def read_bytes(source: str | os.PathLike[str], name: str, error: type,
+               limit: int | None = None) -> bytes:
+    """The file's bytes (its first ``limit`` only, if given); failures as ``error(name, reason)``.
+    Devices and other special files are refused (see :func:`open_input`)."""
+    with open_input(source, name, error) as f:
+        try:
+            return f.read() if limit is None else f.read(limit)
+        except OSError as e:
+            raise error(name, f"cannot read: {e.strerror or e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,95 +154,122 @@ MEL_LAYOUTS = ("auto", "CT", "TC")
 MEL_SCALES = ("ln", "log10", "db")
 
 
-def read_mel(source: str | os.PathLike[str] | bytes, name: str | None = None,
+# Frames per slice when a mel is scanned for NaN/inf: about 16 MiB of float32 at 80 mels.
+_SCAN_VALUES = 1 << 22
+
+
+class LazyMel:
+    """A checked (n_mels, frames) mel that is read a slice at a time: ``mel[:, lo:hi]`` is a
+    float32 C-contiguous copy of those frames, with the file's transposition and log-base
+    conversion applied to the slice only.  For a ``.npy`` on disk the array is a read-only
+    memory map; the pages a slice touched are handed back to the kernel afterwards, so a long
+    mel costs neither a copy nor resident memory.  ``np.asarray(mel)`` gives the whole array."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, data: np.ndarray, scale: float = 1.0, mapping: mmap.mmap | None = None
+                 ) -> None:
+        self.data, self.scale, self.mapping = data, scale, mapping
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape  # type: ignore[return-value]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        block = np.asarray(self.data[key])
+        if self.scale != 1.0:
+            block = block * np.float32(self.scale)  # in the file's precision, as a whole array
+        out = np.array(block, dtype=np.float32, order="C")
+        self._release()
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def _release(self) -> None:
+        if self.mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:  # file-backed and read-only: the pages come back from the page cache
+                self.mapping.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
+
+def read_mel(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None = None,
              n_mels: int | None = None, layout: str = "CT", scale: str = "ln",
-             notes: list[str] | None = None) -> np.ndarray:
+             notes: list[str] | None = None, *, lazy: bool = False) -> np.ndarray | LazyMel:
     """A mel spectrogram as float32 (n_mels, frames), natural-log magnitude (Tacotron 2).
 
-    ``source`` is a path or the file's bytes (stdin); ``name`` is what errors call it.
-    A leading batch axis of size 1 is dropped.  With ``n_mels`` the channel axis must match.
-    ``layout`` says which axis holds the channels: CT (channels, time), TC, or auto (transpose
-    only when the shape says so unambiguously, with a note).  ``scale`` converts other toolkits'
-    log mels to the natural log: log10, or db (20 log10 of the magnitude)."""
-    if isinstance(source, bytes):
-        data, name = source, name or "<stdin>"
+    ``source`` is a path, the file's bytes (stdin) or an open binary file; ``name`` is what
+    errors call it.  A leading batch axis of size 1 is dropped.  With ``n_mels`` the channel
+    axis must match.  ``layout`` says which axis holds the channels: CT (channels, time), TC,
+    or auto (transpose only when the shape says so unambiguously, with a note).  ``scale``
+    converts other toolkits' log mels to the natural log: log10, or db (20 log10 of the
+    magnitude).  A ``.npy`` header is checked against the file's size before anything is
+    allocated.  With ``lazy`` the result is a :class:`LazyMel` (nothing copied: long inputs),
+    else an array."""
+    if layout not in MEL_LAYOUTS or scale not in MEL_SCALES:
+        raise UsageError(f"mel layout must be one of {MEL_LAYOUTS} and scale one of {MEL_SCALES}")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = name or "<stdin>"
+        mel = _read_mel_from(io.BytesIO(bytes(source)), name, n_mels, layout, scale, notes)
+    elif hasattr(source, "read"):
+        name = name or str(getattr(source, "name", "<input>"))
+        mel = _read_mel_from(source, name, n_mels, layout, scale, notes)  # type: ignore[arg-type]
     else:
         name = name or str(source)
-        data = read_bytes(source, name, MelFileError)
-    if not data:
+        with open_input(source, name, MelFileError) as f:  # type: ignore[arg-type]
+            mel = _read_mel_from(f, name, n_mels, layout, scale, notes)
+    return mel if lazy else np.asarray(mel)
+
+
+def _read_mel_from(f: IO[bytes], name: str, n_mels: int | None, layout: str, scale: str,
+                   notes: list[str] | None) -> LazyMel:
+    try:
+        head = f.read(64)
+        f.seek(0)
+    except OSError as e:
+        raise MelFileError(name, f"cannot read: {e.strerror or e}") from None
+    if not head:
         raise MelFileError(name, "file is empty")
-    kind = sniff(data[:64])
+    kind = sniff(head)
+    mapping = None
     if kind == "npy":
-        array = _load_npy(data, name)
+        array, mapping = _load_npy(f, name)
     elif kind == "torch":
-        array = _load_torch_tensor(data, name)
+        array = _load_torch_tensor(f, name)
     elif kind == "html":
         raise MelFileError(name, "is an HTML page, not a mel spectrogram (a saved web page?)")
     elif kind == "audio":
         raise MelFileError(name, "is an audio file, not a mel spectrogram")
     else:
         raise MelFileError(name, "not a mel spectrogram (expected a .npy array or a torch .pt tensor)")
-    if layout not in MEL_LAYOUTS or scale not in MEL_SCALES:
-        raise UsageError(f"mel layout must be one of {MEL_LAYOUTS} and scale one of {MEL_SCALES}")
-    if array.dtype.kind == "f":
-        while array.ndim > 2 and array.shape[0] == 1:
-            array = array[0]
-        if array.ndim == 2 and (layout == "TC" or (
-                layout == "auto" and n_mels is not None
-                and array.shape[1] == n_mels and array.shape[0] != n_mels)):
-            if layout == "auto" and notes is not None:
-                notes.append(f"{name}: mel of shape {array.shape} read as (frames, n_mels) and "
-                             "transposed")
-            array = array.T
-        if scale == "log10":
-            array = array * np.float32(math.log(10.0))
-        elif scale == "db":
-            array = array * np.float32(math.log(10.0) / 20.0)
-    return validate_mel(array, name, n_mels)
+    array = _mel_shape(array, name, n_mels, layout, notes)
+    factor = {"ln": 1.0, "log10": math.log(10.0), "db": math.log(10.0) / 20.0}[scale]
+    mel = LazyMel(array, factor, mapping)
+    # NaN/inf are refused before synthesis starts, a slice at a time (nothing kept).
+    step = max(1, _SCAN_VALUES // max(1, array.shape[0]))
+    for lo in range(0, array.shape[1], step):
+        if not np.isfinite(mel[:, lo:lo + step]).all():
+            raise MelFileError(name, "mel contains NaN or infinite values")
+    return mel
 
 
-def _load_npy(data: bytes, name: str) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise MelFileError(name, "the .npy array holds Python objects; only numeric arrays "
-                                     "are accepted") from None
-        raise MelFileError(name, f"corrupt or truncated .npy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise MelFileError(name, f"corrupt or truncated .npy file ({e})") from None
-
-
-def _load_torch_tensor(data: bytes, name: str) -> np.ndarray:
-    import torch
-
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).split("\n")[0]
-        raise MelFileError(name, "the .pt file holds more than plain tensors and is not loaded "
-                                 f"(weights_only refused it: {first[:120]})") from None
-    except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes
-        raise MelFileError(name, f"corrupt or truncated .pt file ({str(e).splitlines()[0][:120]})") from None
-    if isinstance(obj, dict):
-        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
-        if "mel" in obj and isinstance(obj["mel"], torch.Tensor):
-            obj = obj["mel"]
-        elif len(tensors) == 1:
-            obj = tensors[0]
-    if not isinstance(obj, torch.Tensor):
-        raise MelFileError(name, f"the .pt file holds a {type(obj).__name__}, not a tensor")
-    if obj.is_complex():
-        raise MelFileError(name, "the mel tensor is complex; expected real log-magnitudes")
-    return obj.detach().cpu().float().numpy() if obj.is_floating_point() else obj.cpu().numpy()
-
-
-def validate_mel(array: np.ndarray, name: str, n_mels: int | None = None) -> np.ndarray:
-    """Check dtype, shape and values; return a C-contiguous float32 (n_mels, frames) copy."""
+def _mel_shape(array: np.ndarray, name: str, n_mels: int | None, layout: str,
+               notes: list[str] | None) -> np.ndarray:
+    """The (n_mels, frames) view of a float array (no copy), or a named error."""
     if array.dtype.kind != "f":
         raise MelFileError(name, f"mel has dtype {array.dtype}; expected floating point log-mels")
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
+    if array.ndim == 2 and (layout == "TC" or (
+            layout == "auto" and n_mels is not None
+            and array.shape[1] == n_mels and array.shape[0] != n_mels)):
+        if layout == "auto" and notes is not None:
+            notes.append(f"{name}: mel of shape {array.shape} read as (frames, n_mels) and "
+                         "transposed")
+        array = array.T
     if array.ndim != 2:
         raise MelFileError(name, f"mel has shape {array.shape}; expected (n_mels, frames)")
     if n_mels is not None and array.shape[0] != n_mels:
@@ -167,6 +280,139 @@ def validate_mel(array: np.ndarray, name: str, n_mels: int | None = None) -> np.
                                  f"{array.shape}); the checkpoint expects {n_mels}")
     if array.shape[1] == 0:
         raise MelFileError(name, "mel has zero frames")
+    return array
+
+
+def _file_size(f: IO[bytes]) -> int:
+    if isinstance(f, io.BytesIO):
+        return len(f.getbuffer())
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        position = f.tell()
+        size = f.seek(0, os.SEEK_END)
+        f.seek(position)
+        return size
+
+
+def _load_npy(f: IO[bytes], name: str) -> tuple[np.ndarray, mmap.mmap | None]:
+    """The array of a .npy file, never allocating what its header merely claims.
+
+    The header (parsed by numpy, without pickle) must declare a float array whose bytes the
+    file actually holds after it; more bytes than that are ignored, as ``np.load`` does.  On
+    disk the data is memory-mapped read-only (nothing is copied); from bytes it is a view."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise MelFileError(name, f".npy format version {version[0]}.{version[1]} is not "
+                                     "supported (1.0 and 2.0 are)")
+        offset = f.tell()
+    except MelFileError:
+        raise
+    except (ValueError, TypeError, SyntaxError, OSError, EOFError) as e:
+        raise MelFileError(name, f"corrupt or truncated .npy header ({str(e)[:160]})") from None
+    if dtype.hasobject:
+        raise MelFileError(name, "the .npy array holds Python objects; only numeric arrays "
+                                 "are accepted")
+    if dtype.kind != "f" or dtype.shape or dtype.names:
+        raise MelFileError(name, f"mel has dtype {dtype}; expected floating point log-mels")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise MelFileError(name, f"corrupt .npy header: shape {shape}")
+    count = math.prod(shape)
+    need = count * dtype.itemsize
+    held = _file_size(f) - offset
+    if need > held:
+        raise MelFileError(name, f"truncated or corrupt .npy file: its header declares shape "
+                                 f"{shape} of {dtype} ({_size_text(need)}) but the file holds "
+                                 f"{_size_text(max(held, 0))} of data")
+    order = "F" if fortran else "C"
+    if count == 0:
+        return np.zeros(shape, dtype=dtype, order=order), None
+    if isinstance(f, io.BytesIO):
+        return np.ndarray(shape, dtype=dtype, buffer=f.getbuffer(), offset=offset, order=order), None
+    try:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        f.seek(offset)
+        data = f.read(need)
+        if len(data) != need:
+            raise MelFileError(name, "truncated .npy file") from None
+        return np.ndarray(shape, dtype=dtype, buffer=data, order=order), None
+    if len(mapping) < offset + need:  # the file shrank since it was measured
+        raise MelFileError(name, "truncated .npy file (it changed while being read)")
+    return np.ndarray(shape, dtype=dtype, buffer=mapping, offset=offset, order=order), mapping
+
+
+def _load_torch_tensor(f: IO[bytes], name: str) -> np.ndarray:
+    """A dense float tensor from a torch file, as a numpy array (the file is read whole: long
+    mels belong in .npy files, which are memory-mapped).  Only plain data is unpickled
+    (``weights_only``); zip members must be stored uncompressed (as ``torch.save`` writes them)
+    and within the file; the tensor must be dense, strided, floating point and no larger than
+    its storage (no stride-0 or overlapping view that would expand a few bytes into gigabytes)."""
+    import zipfile
+
+    import torch
+
+    try:
+        data = f.read()
+    except OSError as e:
+        raise MelFileError(name, f"cannot read: {e.strerror or e}") from None
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise MelFileError(name, f"corrupt or truncated .pt file ({str(e)[:120]})") from None
+        if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+            raise MelFileError(name, "the .pt file has compressed members (torch.save stores "
+                                     "them uncompressed); refused")
+        if sum(m.file_size for m in members) > len(data):
+            raise MelFileError(name, "corrupt .pt file: its members claim more bytes than the "
+                                     "file holds")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).split("\n")[0]
+        raise MelFileError(name, "the .pt file holds more than plain tensors and is not loaded "
+                                 f"(weights_only refused it: {first[:120]})") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes
+        text = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise MelFileError(name, f"corrupt or truncated .pt file ({text})") from None
+    del data
+    if isinstance(obj, dict):
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if "mel" in obj and isinstance(obj["mel"], torch.Tensor):
+            obj = obj["mel"]
+        elif len(tensors) == 1:
+            obj = tensors[0]
+    if not isinstance(obj, torch.Tensor):
+        raise MelFileError(name, f"the .pt file holds a {type(obj).__name__}, not a tensor")
+    if obj.layout != torch.strided or obj.is_nested:
+        raise MelFileError(name, f"the mel tensor is {str(obj.layout).replace('torch.', '')}; "
+                                 "only dense (strided) tensors are accepted")
+    if obj.is_complex():
+        raise MelFileError(name, "the mel tensor is complex; expected real log-magnitudes")
+    if not obj.is_floating_point() or obj.is_quantized:
+        raise MelFileError(name, f"mel has dtype {str(obj.dtype).replace('torch.', '')}; "
+                                 "expected floating point log-mels")
+    held = obj.untyped_storage().nbytes() // max(1, obj.element_size())
+    reach = obj.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(obj.shape, obj.stride())) \
+        if obj.numel() else 0
+    if obj.numel() > held or reach > held:
+        raise MelFileError(name, f"the mel tensor of shape {tuple(obj.shape)} is a view that "
+                                 f"repeats its storage of {held} values (stride "
+                                 f"{tuple(obj.stride())}); refused")
+    return obj.detach().float().numpy()
+
+
+def validate_mel(array: np.ndarray, name: str, n_mels: int | None = None) -> np.ndarray:
+    """Check dtype, shape and values; return a C-contiguous float32 (n_mels, frames) array."""
+    array = _mel_shape(np.asarray(array), name, n_mels, "CT", None)
     if not np.isfinite(array).all():
         raise MelFileError(name, "mel contains NaN or infinite values")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -225,49 +471,48 @@ def encode_audio(audio: np.ndarray, sample_rate: int, subtype: str, fmt: str = "
     return buffer.getvalue()
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename it into place, so a
-    killed run never leaves a truncated file under the final name."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_audio(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
-                subtype: str = "PCM_16") -> None:
-    """Write mono ``audio`` atomically; the format comes from the extension (.wav, .flac)."""
+                subtype: str = "PCM_16", *, overwrite: bool = False) -> None:
+    """Write mono ``audio`` atomically; the format comes from the extension (.wav, .flac).
+
+    An existing file is replaced only with ``overwrite`` (else :class:`OutputExistsError`, also
+    when another process wrote it meanwhile); see :func:`fileio.atomic_write`."""
     fmt = output_format(path, subtype)
     data = encode_audio(audio, sample_rate, subtype, fmt)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
 # Audio in
 
 
-def read_audio(source: str | os.PathLike[str] | bytes, name: str | None = None
+def read_audio(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None = None
                ) -> tuple[np.ndarray, int]:
-    """Samples as float32 (channels, samples) and the sample rate, from a file or bytes."""
+    """Samples as float32 (channels, samples) and the sample rate, from a file, its bytes or an
+    open binary file.  Devices and other special files are refused (see :func:`open_input`)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _read_audio_from(io.BytesIO(bytes(source)), name or "<stdin>")
+    if hasattr(source, "read"):
+        return _read_audio_from(source, name or str(getattr(source, "name", "<input>")))  # type: ignore[arg-type]
+    name = name or str(source)
+    with open_input(source, name, AudioFileError) as f:  # type: ignore[arg-type]
+        return _read_audio_from(f, name)
+
+
+def _read_audio_from(f: IO[bytes], name: str) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    if isinstance(source, bytes):
-        data, name = source, name or "<stdin>"
-    else:
-        name = name or str(source)
-        data = read_bytes(source, name, AudioFileError)
-    if not data:
+    try:
+        head = f.read(64)
+        f.seek(0)
+    except OSError as e:
+        raise AudioFileError(name, f"cannot read: {e.strerror or e}") from None
+    if not head:
         raise AudioFileError(name, "file is empty")
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        samples, rate = sf.read(f, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
-        kind = sniff(data[:64])
+        kind = sniff(head)
         what = {"html": "an HTML page", "npy": "a .npy array", "torch": "a torch file"}.get(kind)
         reason = f"is {what}, not audio" if what else f"not a readable audio file ({e})"
         raise AudioFileError(name, reason) from None
@@ -297,3 +542,34 @@ def prepare_audio(samples: np.ndarray, rate: int, target_rate: int, name: str
     if not np.isfinite(mono).all():
         raise AudioFileError(name, "audio contains NaN or infinite samples")
     return np.ascontiguousarray(mono), notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio out, a block at a time
+
+
+def write_audio_blocks(path: str | os.PathLike[str], blocks: Iterable[np.ndarray],
+                       sample_rate: int, subtype: str = "PCM_16", *, name: str | None = None,
+                       overwrite: bool = False) -> int:
+    """Write mono audio that arrives in ``blocks`` (in order) atomically, one block at a time,
+    so a long output is never held whole; returns the number of samples written.
+
+    Each block is checked and clipped as :func:`finalize_audio` does.  A block with NaN/inf, or
+    an exception raised by ``blocks``, fails the file: its temporary file is removed and
+    nothing is published (see :func:`atomic_write`)."""
+    import soundfile as sf
+
+    fmt = output_format(path, subtype)
+    name = name or str(path)
+    written = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal written
+        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype,
+                          format=fmt) as out:
+            for block in blocks:
+                out.write(finalize_audio(block, name, subtype))
+                written += int(np.size(block))
+
+    atomic_write(path, write, overwrite=overwrite)
+    return written

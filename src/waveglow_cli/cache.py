@@ -10,14 +10,20 @@ Layout under ``WAVEGLOW_HOME`` (default: the platform's user cache folder)::
 
 A checkpoint's final file only ever appears through an atomic rename after its size and sha256
 were checked and it was read as a WaveGlow, so what is under the final name is usable.
+
+``metadata.json`` is a record, not the truth: a damaged record (not JSON, wrong types, huge) is
+a note, and ``--verify`` repairs it from the bytes when they load as a WaveGlow (or match the
+published sha256).  Cached bytes are only deleted on proof that they are bad.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +37,13 @@ from .registry import RegistryEntry
 from .settings import Settings
 
 METADATA_NAME = "metadata.json"
+_METADATA_LIMIT = 1 << 20   # a record is a few hundred bytes; a larger one is damaged
+# What a record holds, and the type each field must have (anything else is dropped as damage).
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "file": (str,), "size": (int,), "sha256": (str,),
+    "sha256_published": (bool,), "url": (str,), "downloaded_at": (str,), "format": (str,),
+    "safetensors": (str,), "safetensors_sha256": (str,),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,14 @@ class CachePaths:
 
 
 def cache_paths(entry: RegistryEntry, settings: Settings) -> CachePaths:
+    """Where ``entry``'s files lie.  The registry checked that its name and file name are plain
+    names (see registry.name_problem); checked again here because every write goes there."""
+    from .registry import name_problem
+
+    for what, value in (("name", entry.name), ("file name", entry.filename)):
+        if (problem := name_problem(value)) is not None or value == METADATA_NAME:
+            raise UsageError(f"checkpoint {entry.name!r}: its {what} {value!r} "
+                             f"{problem or 'is reserved'}")
     folder = settings.checkpoint_dir / entry.name
     original = folder / entry.filename
     converted = (original if original.suffix == ".safetensors"
@@ -69,17 +90,65 @@ def cached_file(entry: RegistryEntry, settings: Settings) -> Path | None:
     return cache_paths(entry, settings).usable
 
 
-def read_metadata(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
+def read_record(entry: RegistryEntry, settings: Settings) -> tuple[dict[str, Any], str]:
+    """(the checkpoint's metadata.json, what is wrong with it or '').
+
+    Only fields of the right type are returned; a record that is not a small JSON object is
+    {} with the reason.  A missing record is no problem (a file put into the cache by hand)."""
+    path = cache_paths(entry, settings).metadata
     try:
-        data = json.loads(cache_paths(entry, settings).metadata.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        # O_NONBLOCK: a FIFO under the record's name must not hang `waveglow list`.
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return {}, f"{METADATA_NAME} is not a regular file"
+            raw = f.read(_METADATA_LIMIT + 1)
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as e:
+        return {}, f"cannot read {METADATA_NAME} ({e.strerror or e})"
+    if len(raw) > _METADATA_LIMIT:
+        return {}, f"{METADATA_NAME} is larger than {_METADATA_LIMIT >> 20} MiB"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return {}, f"{METADATA_NAME} is not valid JSON"
+    if not isinstance(data, dict):
+        return {}, f"{METADATA_NAME} holds a JSON {type(data).__name__}, not an object"
+    clean: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, kinds in _RECORD_FIELDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        # bool is an int: a size of `true` is damage, not 1 byte.
+        if isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool)):
+            clean[key] = value
+        else:
+            bad.append(key)
+    for key in ("sha256", "safetensors_sha256"):
+        value = clean.get(key)
+        if value is not None and (len(value) != 64 or
+                                  any(c not in "0123456789abcdef" for c in value)):
+            del clean[key]
+            bad.append(key)
+    if "size" in clean and clean["size"] < 0:
+        del clean["size"]
+        bad.append("size")
+    problem = (f"{METADATA_NAME} has damaged fields ({', '.join(bad)})" if bad else "")
+    return clean, problem
+
+
+def read_metadata(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
+    """The checkpoint's record, its damaged fields left out ({} when absent or unreadable)."""
+    return read_record(entry, settings)[0]
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Atomically replace ``path``; the file is created with mode 0666 minus the umask (an
+    ordinary file, like the downloads beside it), never a private 0600 temp file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -99,15 +168,60 @@ def sources_for(entry: RegistryEntry, settings: Settings) -> list[Source]:
     return sources
 
 
-class _Lock:
-    """A per-checkpoint file lock; says so when another process holds it."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True   # exists but belongs to someone else, or not a pid we can judge
+    return True
 
-    def __init__(self, lock_path: Path, label: str, reporter: _Reporter) -> None:
+
+class _Lock:
+    """A per-checkpoint file lock; says so when another process holds it.
+
+    filelock takes an flock(2) lock, which the kernel releases when its holder exits, however
+    it dies: a dead holder never blocks anyone.  A live holder that hangs would block forever,
+    so waiting is bounded: while the holder's files (``watch``: the checkpoint's cache folder)
+    keep changing it is working and we wait; after ``stall_timeout`` seconds without a change
+    we give up with a message naming its pid (written beside the lock) and the lock file."""
+
+    def __init__(self, lock_path: Path, label: str, reporter: _Reporter, *,
+                 stall_timeout: float = 600.0, watch: Path | None = None) -> None:
         from filelock import FileLock
 
         lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = lock_path
+        self.owner_file = lock_path.with_name(lock_path.name + ".pid")
         self.lock = FileLock(str(lock_path))
         self.label, self.reporter = label, reporter
+        self.stall_timeout, self.watch = stall_timeout, watch
+
+    def _owner(self) -> str:
+        try:
+            with open(self.owner_file, "rb") as f:
+                text = f.read(64).decode("ascii", "replace").strip()
+        except OSError:
+            return ""
+        return text if text.isdigit() else ""
+
+    def _activity(self) -> tuple[tuple[str, int, int], ...]:
+        """What the holder's progress looks like from outside: its files' sizes and times."""
+        if self.watch is None:
+            return ()
+        try:
+            found = []
+            for entry in os.scandir(self.watch):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                found.append((entry.name, st.st_size, st.st_mtime_ns))
+            return tuple(sorted(found))
+        except OSError:
+            return ()
 
     def __enter__(self) -> _Lock:
         from filelock import Timeout
@@ -115,11 +229,44 @@ class _Lock:
         try:
             self.lock.acquire(timeout=0.2)
         except Timeout:
-            self.reporter.note(f"{self.label}: waiting for another process that is downloading it")
-            self.lock.acquire()
+            owner = self._owner()
+            self.reporter.note(f"{self.label}: waiting for another process"
+                               f"{f' (pid {owner})' if owner else ''} that is downloading it")
+            seen, since = self._activity(), time.monotonic()
+            while True:
+                try:
+                    self.lock.acquire(timeout=1.0)
+                    break
+                except Timeout:
+                    pass
+                now = self._activity()
+                if now != seen:
+                    seen, since = now, time.monotonic()
+                elif time.monotonic() - since > self.stall_timeout:
+                    owner = self._owner() or owner
+                    if owner and not _alive(int(owner)):
+                        # Only a lock without flock (filelock's fallback on some network file
+                        # systems) outlives its holder.
+                        raise CheckpointNotAvailableError(
+                            f"{self.label}: the lock {self.path} is still held although the "
+                            f"process that took it (pid {owner}) is no longer running; if no "
+                            "other waveglow is fetching this checkpoint, delete the lock file")
+                    raise CheckpointNotAvailableError(
+                        f"{self.label}: another process{f' (pid {owner})' if owner else ''} "
+                        f"holds the lock {self.path} and has shown no progress for "
+                        f"{self.stall_timeout:g} s; if it is stuck, stop it (the lock is "
+                        "released when it exits), or wait longer with WAVEGLOW_LOCK_TIMEOUT")
+        try:
+            self.owner_file.write_text(f"{os.getpid()}\n", "ascii")
+        except OSError:
+            pass  # the pid is only for messages
         return self
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self.owner_file.unlink()
+        except OSError:
+            pass
         self.lock.release()
 
 
@@ -144,10 +291,12 @@ def _remove_files(paths: CachePaths) -> None:
 
 def _convert_and_record(entry: RegistryEntry, settings: Settings, paths: CachePaths,
                         checkpoint: Any, sha256: str, size: int, url: str | None,
-                        downloaded_at: str | None) -> dict[str, Any]:
+                        downloaded_at: str | None, *, rebuild: bool = True) -> dict[str, Any]:
+    """Write the safetensors copy of ``checkpoint`` (unless ``rebuild`` is False: the copy is
+    sound and kept as it is) and the record of both files."""
     from .checkpoint import save_checkpoint
 
-    if checkpoint is not None and paths.converted != paths.original:
+    if checkpoint is not None and paths.converted != paths.original and rebuild:
         save_checkpoint(paths.converted, checkpoint,
                         extra={"source_sha256": sha256, "registry_name": entry.name})
     meta = {
@@ -182,9 +331,12 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
     if not force and not verify and paths.usable is not None:
         return FetchResult(entry, paths.usable, "cached",
                            read_metadata(entry, settings).get("sha256"))
+    if settings.problems and not settings.offline:
+        raise UsageError("; ".join(settings.problems))
     reporter = _Reporter(progress if progress is not None else default_progress())
     problem = ""
-    with _Lock(paths.lock, entry.name, reporter):
+    with _Lock(paths.lock, entry.name, reporter, stall_timeout=settings.limits.lock_timeout,
+               watch=paths.folder):
         if verify and paths.usable is not None:
             problem, fixed = _verify(entry, settings, paths)
             if fixed:
@@ -193,6 +345,8 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
                 meta = read_metadata(entry, settings)
                 return FetchResult(entry, paths.usable or paths.original, "verified",
                                    meta.get("sha256"), entry.sha256 is not None, meta)
+            # _verify reports a problem only with proof that the bytes are bad (a published
+            # sha256 or size they miss, or they do not load): only then are they deleted.
             _remove_files(paths)
             if settings.offline:
                 raise ChecksumMismatchError(
@@ -227,7 +381,7 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
         try:
             got = download(sources_for(entry, settings), paths.original, size=entry.size,
                            sha256=entry.sha256, progress=reporter, policy=policy,
-                           validate=validate, label=entry.name)
+                           validate=validate, label=entry.name, limits=settings.limits)
         except BaseException:
             try:
                 paths.folder.rmdir()   # leave no empty folder behind (a .partial stays)
@@ -266,48 +420,113 @@ def _bundled_result(entry: RegistryEntry) -> FetchResult:
     return FetchResult(entry, path, "bundled", digest, entry.sha256 is not None)
 
 
+def _weights_differ(a: Any, b: Any) -> bool | None:
+    """Whether two loaded checkpoints' weights differ: True/False, or None when they cannot be
+    compared (other tensor names or shapes), which proves nothing either way."""
+    import torch
+
+    if a.state_dict.keys() != b.state_dict.keys() or any(
+            a.state_dict[k].shape != b.state_dict[k].shape for k in a.state_dict):
+        return None
+    # float(): a float16 original and its float32 copy hold the same numbers.
+    return not all(torch.equal(a.state_dict[k].float(), b.state_dict[k].float())
+                   for k in a.state_dict)
+
+
 def _verify(entry: RegistryEntry, settings: Settings, paths: CachePaths) -> tuple[str, str]:
     """(what is wrong with the cached checkpoint or '', what was fixed locally or '').
 
-    A sound original with a missing or damaged safetensors copy (or no recorded sha256) is
-    fixed here: the copy is rebuilt and the sha256 recorded."""
+    The bytes are hashed and judged on their own; ``metadata.json`` is only a record.  A
+    problem is reported (and the caller deletes the files) only with proof that the bytes are
+    bad: they miss the published sha256 or size, they do not load as a WaveGlow, or they load
+    but differ from the safetensors copy that still matches its record (the original changed
+    after it was verified).  Otherwise a record that disagrees with the bytes, or is damaged,
+    is repaired from them, and a missing or damaged safetensors copy is rebuilt."""
     from .checkpoint import read_checkpoint
 
-    meta = read_metadata(entry, settings)
+    meta, record_problem = read_record(entry, settings)
+    notes = [f"the record was damaged ({record_problem})"] if record_problem else []
+
+    def fixed(what: str) -> str:
+        return "; ".join([*notes, what])
+
     if not paths.original.is_file():
-        # Only the converted copy is left: check it against what was recorded.
-        recorded = meta.get("safetensors_sha256")
+        # Only the converted copy is left: it must load; a record that disagrees is repaired.
         got = sha256_file(paths.converted)
-        if recorded and got != recorded:
-            return f"{paths.converted.name} has sha256 {got}, recorded {recorded}", ""
+        recorded = meta.get("safetensors_sha256")
         try:
             read_checkpoint(paths.converted)
         except CheckpointError as e:
-            return e.reason, ""
-        return "", ""
-    expected_size = entry.size or meta.get("size")
+            return (f"{paths.converted.name} has sha256 {got}"
+                    f"{f', recorded {recorded}' if recorded else ''}, and {e.reason}"), ""
+        if recorded == got and not record_problem:
+            return "", ""
+        meta.update(safetensors=paths.converted.name, safetensors_sha256=got,
+                    name=entry.name)
+        _write_json(paths.metadata, meta)
+        return "", fixed(f"{paths.converted.name} loads as a WaveGlow; recorded its sha256 {got}"
+                         + (f" (the record said {recorded})" if recorded else ""))
     size = paths.original.stat().st_size
-    if expected_size and size != expected_size:
-        return f"{paths.original.name} is {size} bytes, expected {expected_size}", ""
-    expected = entry.sha256 or meta.get("sha256")
+    if entry.size is not None and size != entry.size:
+        return f"{paths.original.name} is {size} bytes, the published size is {entry.size}", ""
     digest = sha256_file(paths.original)
-    if expected and digest != expected:
-        return f"{paths.original.name} has sha256 {digest}, expected {expected}", ""
+    if entry.sha256 is not None and digest != entry.sha256:
+        return (f"{paths.original.name} has sha256 {digest}, the published sha256 is "
+                f"{entry.sha256}"), ""
+    record_agrees = (not record_problem and meta.get("sha256") == digest
+                     and meta.get("size", size) == size)
     converted_ok = paths.converted == paths.original or bool(
         paths.converted.is_file() and meta.get("safetensors_sha256")
         and sha256_file(paths.converted) == meta["safetensors_sha256"])
-    if expected and converted_ok and meta.get("sha256") == digest:
+    if record_agrees and converted_ok:
         return "", ""
-    # No recorded hash yet (a file put here by hand), or the converted copy needs rebuilding.
+    disagreement = "; ".join(
+        f"recorded {key} {meta[key]}, the file has {value}"
+        for key, value in (("sha256", digest), ("size", size))
+        if key in meta and meta[key] != value)
     try:
         checkpoint = read_checkpoint(paths.original)
     except CheckpointError as e:
-        return e.reason, ""
+        if entry.sha256 is not None:
+            # The published bytes: keep them; loading them says what is wrong.
+            meta.update(name=entry.name, file=paths.original.name, size=size, sha256=digest,
+                        sha256_published=True)
+            _write_json(paths.metadata, meta)
+            return "", fixed(f"{paths.original.name} matches the published sha256 but does not "
+                             f"load as a WaveGlow ({e.reason})")
+        return (f"{paths.original.name} has sha256 {digest}"
+                f"{f' ({disagreement})' if disagreement else ''} and {e.reason}"), ""
+    if disagreement and entry.sha256 is None and converted_ok and paths.converted.is_file() \
+            and paths.converted != paths.original:
+        # The safetensors copy still matches the record it was written with: the record is
+        # sound and the original changed since.  Proof, if its weights differ from the copy.
+        try:
+            differ = _weights_differ(checkpoint, read_checkpoint(paths.converted))
+        except CheckpointError:
+            differ = None   # the copy cannot testify; the original loads: keep it
+        if differ:
+            return (f"{paths.original.name} has sha256 {digest} ({disagreement}), and its "
+                    f"weights differ from the verified {paths.converted.name}"), ""
+    if not converted_ok and paths.converted.is_file() and paths.converted != paths.original:
+        # No sound record of the copy: keep it if it holds the original's weights (it is only
+        # rewritten when it must be).
+        try:
+            copy = read_checkpoint(paths.converted)
+            converted_ok = (copy.config == checkpoint.config
+                            and _weights_differ(checkpoint, copy) is False)
+        except CheckpointError:
+            converted_ok = False
     _convert_and_record(entry, settings, paths, checkpoint, digest, size, meta.get("url"),
-                        meta.get("downloaded_at"))
-    fixed = ("rebuilt the safetensors copy from the verified original" if not converted_ok
-             else f"recorded sha256 {digest}")
-    return "", fixed
+                        meta.get("downloaded_at"), rebuild=not converted_ok)
+    if disagreement or record_problem:
+        how = ("matches the published sha256" if entry.sha256 is not None
+               else "loads as a WaveGlow")
+        return "", fixed(f"repaired the record from {paths.original.name}, which {how}"
+                         f"{f' ({disagreement})' if disagreement else ''}: recorded sha256 "
+                         f"{digest}")
+    if not converted_ok:
+        return "", fixed("rebuilt the safetensors copy from the verified original")
+    return "", fixed(f"recorded sha256 {digest}")
 
 
 def remove_checkpoint(entry_or_name: RegistryEntry | str, settings: Settings,
@@ -319,7 +538,8 @@ def remove_checkpoint(entry_or_name: RegistryEntry | str, settings: Settings,
     folder = settings.checkpoint_dir / name
     if not folder.is_dir():
         return None
-    with _Lock(settings.home / "locks" / f"{name}.lock", name, _Reporter(progress)):
+    with _Lock(settings.home / "locks" / f"{name}.lock", name, _Reporter(progress),
+               stall_timeout=settings.limits.lock_timeout, watch=folder):
         shutil.rmtree(folder)
     return folder
 
@@ -328,10 +548,11 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
     """What ``waveglow list --json`` shows for one entry (no network, nothing unpickled)."""
     paths = cache_paths(entry, settings)
     usable = cached_file(entry, settings)
+    problem = ""
     if entry.bundled is not None:  # shipped with the package: no cache metadata to read
         meta = {"size": usable.stat().st_size} if usable is not None else {}
     else:
-        meta = read_metadata(entry, settings)
+        meta, problem = read_record(entry, settings)
     return {
         "name": entry.name,
         "aliases": list(entry.aliases),
@@ -350,8 +571,11 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
         "cached": usable is not None,
         "path": str(usable) if usable is not None else None,
         "cache_dir": str(paths.folder),
+        # What is wrong with metadata.json ('' when nothing); `fetch --verify` repairs it.
+        "record_problem": problem,
     }
 
 
 __all__ = ["cache_paths", "cached_file", "fetch_checkpoint", "remove_checkpoint",
-           "read_metadata", "describe_cached", "FetchResult", "CachePaths", "sources_for"]
+           "read_metadata", "read_record", "describe_cached", "FetchResult", "CachePaths",
+           "sources_for"]

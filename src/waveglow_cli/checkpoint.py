@@ -10,7 +10,9 @@ Supported inputs (all untrusted):
   prefixes and weight norm, optionally with a ``config``;
 * our safetensors files (tensors in the fused layout + JSON metadata).
 
-Pickles go through :mod:`waveglow_cli.safe_pickle`; nothing from a file is ever executed.
+Pickles go through :mod:`waveglow_cli.safe_pickle` and their containers are parsed by
+:mod:`waveglow_cli.torch_container` (never ``torch.load``); nothing from a file is ever executed,
+and what a load allocates is bounded by the file's size.
 The architecture is read off the tensors; the pickled class (``glow`` vs ``glow_old``) decides
 the coupling semantics.
 """
@@ -20,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,8 @@ from torch import Tensor
 
 from .errors import CheckpointError, UnsafePickleError
 from .model import WaveGlow, WaveGlowConfig
-from .safe_pickle import InertObject, UnsafeGlobal, pickle_module
+from .safe_pickle import InertObject, RefusedPickle, UnsafeGlobal
+from .torch_container import TAR_REFUSAL, ContainerError, is_tar_header, read_torch_file
 
 FORMAT_NAME = "waveglow-cli"
 FORMAT_VERSION = "1"
@@ -98,9 +101,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint file of any supported format, or raise :class:`CheckpointError`."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            raise CheckpointError(path, "not a regular file (a FIFO, device or socket)")
         with path.open("rb") as f:
-            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(512)
     except IsADirectoryError:
         raise CheckpointError(path, "is a directory, not a checkpoint file") from None
     except FileNotFoundError:
@@ -114,6 +122,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(
             path, "is an HTML page, not a checkpoint (a saved download page, e.g. Google Drive's "
                   "quota or virus-scan notice); download the file again")
+    if kind == "tar":
+        raise CheckpointError(path, TAR_REFUSAL)
     if kind == "safetensors":
         return _read_safetensors(path)
     if kind in ("torch-zip", "torch-legacy"):
@@ -123,9 +133,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def sniff_format(head: bytes, size: int) -> str:
-    """'torch-zip', 'torch-legacy', 'safetensors', 'html' or 'unknown' from the first bytes."""
+    """'torch-zip', 'torch-legacy', 'safetensors', 'html', 'tar' or 'unknown' from the first
+    bytes (512 of them to recognise a tar archive)."""
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "torch-zip"
+    if is_tar_header(head[:512]):  # may well start with '}' or '(' (a member's name)
+        return "tar"
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
         if head[8:9] == b"{" and 8 + header_len <= size:
@@ -139,26 +152,31 @@ def sniff_format(head: bytes, size: int) -> str:
 
 
 def _read_torch_pickle(path: Path, kind: str) -> Checkpoint:
+    # Our own container reader and unpickler: torch.load would try the legacy tar container,
+    # check pickled module source (writing .patch files) and hand TorchScript zips to
+    # torch.jit.load (see torch_container).
     try:
-        with warnings.catch_warnings():
-            # Legacy files carry module source for a consistency check against the live class;
-            # our stand-ins have different source, so torch warns; the warning means nothing here.
-            warnings.simplefilter("ignore")
-            # A zip container is memory-mapped: its tensors are read once, when they are
-            # copied into the model, instead of twice (about 0.3 s of a 10 s synthesis for the
-            # 256-channel model).  The legacy container cannot be mapped.
-            obj = torch.load(path, map_location="cpu", pickle_module=pickle_module,
-                             weights_only=False, mmap=kind == "torch-zip")
+        with path.open("rb") as f:
+            obj, container = read_torch_file(f, kind)
     except UnsafeGlobal as e:
         raise UnsafePickleError(path, e.name) from None
+    except RefusedPickle as e:
+        raise CheckpointError(path, f"refused to load: {e.reason} (nothing from the file was "
+                                    "executed)") from None
+    except ContainerError as e:
+        raise CheckpointError(path, str(e)) from None
+    except MemoryError:
+        raise CheckpointError(path, "out of memory while reading it") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is "corrupt"
         raise CheckpointError(path, _describe_parse_error(e, kind)) from None
-    return _checkpoint_from_object(path, obj, "zip" if kind == "torch-zip" else "legacy")
+    return _checkpoint_from_object(path, obj, container)
 
 
 def _describe_parse_error(error: Exception, kind: str) -> str:
     text = str(error).split("\n")[0][:160]
-    if isinstance(error, EOFError) or "EOF" in text or "central directory" in text:
+    # struct.error: a fixed-size field (an opcode's argument, a length) cut off by the end.
+    if isinstance(error, (EOFError, struct.error)) or "EOF" in text \
+            or "central directory" in text or "truncated" in text:
         return "truncated or corrupt checkpoint (the file ends early; an interrupted download?)"
     container = "zip-format torch file" if kind == "torch-zip" else "legacy torch file"
     return f"corrupt or not a torch checkpoint (cannot parse as a {container}: {text})"
@@ -417,15 +435,44 @@ def _check_shapes(sd: dict[str, Tensor], config: WaveGlowConfig) -> dict[str, Te
     return out
 
 
+def _weight_budget(path: Path) -> int:
+    """The most weight bytes a checkpoint file of this size can hold: its size plus a little
+    slack (container overhead is already in the size; the slack covers rounding)."""
+    return int(path.stat().st_size * 1.1) + (1 << 20)
+
+
+def _minimum_weights(config: WaveGlowConfig) -> int:
+    """A lower bound of the weights (in elements, so bytes at one byte each) a checkpoint of
+    ``config`` must store: the upsampler, the WN dilated convolutions and the 1x1 mixes."""
+    c = config.n_channels
+    return (config.n_mel_channels ** 2 * config.upsample_kernel
+            + config.n_flows * config.n_layers * 2 * c * c * config.kernel_size
+            + sum(ch * ch for ch in config.channels_per_flow()))
+
+
 def _finish(path: Path, tensors: Mapping[str, Tensor], hints: Mapping[str, Any], source: str,
             sample_rate: int | None = None, mel: dict[str, Any] | None = None,
             metadata: dict[str, Any] | None = None) -> Checkpoint:
+    budget = _weight_budget(path)
+    declared = sum(v.numel() * v.element_size() for v in tensors.values() if isinstance(v, Tensor))
+    if declared > budget:
+        # Tensors sharing one storage could otherwise multiply a small file into gigabytes
+        # once normalize/fold copies them.
+        raise CheckpointError(path, f"refused to load: its tensors declare {declared} bytes of "
+                                    f"weights, more than the file's {path.stat().st_size} bytes "
+                                    "hold")
     try:
         sd = normalize_state_dict(tensors)
         if "upsample.weight" not in sd or "WN.0.start.weight" not in sd:
             raise ValueError("no WaveGlow tensors (upsample.weight, WN.0.start.weight) in it")
         arch_hints = {k: v for k, v in hints.items() if k != "sample_rate"}
         config = infer_config(sd, arch_hints)
+        if (needed := _minimum_weights(config)) > budget:
+            # The shape check builds a model of this architecture: refuse one whose weights
+            # cannot be in the file before allocating it.
+            raise ValueError(f"the architecture its tensors imply ({config.n_channels} channels, "
+                             f"{config.n_layers} layers, {config.n_flows} flows) needs at least "
+                             f"{needed} bytes of weights, more than the file holds")
         sd = _check_shapes(sd, config)
     except (ValueError, KeyError, IndexError, RuntimeError) as e:
         message = str(e).strip("'\"")
@@ -442,11 +489,13 @@ def _finish(path: Path, tensors: Mapping[str, Tensor], hints: Mapping[str, Any],
 def save_checkpoint(path: str | os.PathLike[str], model_or_checkpoint: WaveGlow | Checkpoint,
                     sample_rate: int | None = None, mel: Mapping[str, Any] | None = None,
                     extra: Mapping[str, str] | None = None,
-                    dtype: torch.dtype = torch.float32) -> Path:
+                    dtype: torch.dtype = torch.float32, *, overwrite: bool = True) -> Path:
     """Write tensors + JSON metadata as safetensors, atomically (temp file, then rename).
 
     ``dtype`` is the storage type (float32, or float16 for half the size: the weights are
-    rounded once and read back as float32; computation is unchanged)."""
+    rounded once and read back as float32; computation is unchanged).  The file gets the
+    umask's mode; with ``overwrite=False`` an existing file (also one another process wrote
+    meanwhile) is kept and :class:`OutputExistsError` raised."""
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"cannot store a checkpoint as {dtype}; use float32, float16 or bfloat16")
     from safetensors.torch import save_file
@@ -463,17 +512,10 @@ def save_checkpoint(path: str | os.PathLike[str], model_or_checkpoint: WaveGlow 
     if mel is not None:
         metadata["mel"] = json.dumps(dict(mel))
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    from .fileio import atomic_write
+
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
+                        overwrite=overwrite)
 
 
 __all__ = ["Checkpoint", "read_checkpoint", "load_model", "save_checkpoint",

@@ -7,19 +7,23 @@ on stderr; ``WAVEGLOW_DEBUG=1`` adds the traceback.  Standard output carries dat
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Annotated, NoReturn
+from collections.abc import Callable, Iterator
+from typing import IO, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from . import __version__
 from .errors import (AudioFileError, CheckpointNotAvailableError, InputFileError,
-                     OutputExistsError, SynthesisError, UsageError, WaveGlowError)
+                     OutputExistsError, SynthesisError, UsageError, WaveGlowError,
+                     printable)
+from .fileio import refuse_non_regular, remove_stale_parts
 from .registry import DEFAULT_CHECKPOINT
 from .settings import Settings, Shard
 
@@ -31,8 +35,16 @@ EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 MEL_SUFFIXES = (".npy", ".pt")
 
 
+class _MessageConsole(Console):
+    """stderr for messages: whatever is printed with ``out`` (errors, notes, summaries) has its
+    control characters escaped, so a hostile file name cannot drive the terminal."""
+
+    def out(self, *objects: object, **kwargs: object) -> None:  # type: ignore[override]
+        super().out(*(printable(str(o)) for o in objects), **kwargs)  # type: ignore[arg-type]
+
+
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return _MessageConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 # One table from exception type to exit code; the message is the exception's own text.
@@ -52,7 +64,7 @@ def report(error: BaseException, settings: Settings | None = None,
     code = getattr(error, "exit_code", None)  # 128 + signal for a run stopped by a signal
     if not isinstance(code, int):
         code = next((c for t, c in _EXIT_CODES if isinstance(error, t)), EXIT_INPUT_FAILED)
-    (console or _stderr()).out(f"error: {error}")
+    (console or _stderr()).out(printable(f"error: {error}"))
     if settings is not None and settings.debug:
         traceback.print_exception(error, file=sys.stderr)
     return code
@@ -82,6 +94,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 class Item:
     source: Path | None   # None: standard input
     key: str              # relative path: names outputs and seeds the noise
+    found: bool = False   # found by searching a folder (not named on the command line)
 
     @property
     def display(self) -> str:
@@ -101,7 +114,7 @@ def discover(inputs: list[str], suffixes: tuple[str, ...]) -> list[Item]:
                            and p.suffix.lower() in suffixes and not p.name.startswith("."))
             if not found:
                 raise UsageError(f"{spec}: folder holds no {'/'.join(suffixes)} files")
-            items += [Item(p, p.relative_to(path).as_posix()) for p in found]
+            items += [Item(p, p.relative_to(path).as_posix(), found=True) for p in found]
         elif path.exists():
             items.append(Item(path, path.name))
         else:
@@ -111,27 +124,86 @@ def discover(inputs: list[str], suffixes: tuple[str, ...]) -> list[Item]:
     return items
 
 
+def without_own_outputs(items: list[Item], output: str | None, suffix: str,
+                        audio_suffixes: tuple[str, ...]) -> list[Item]:
+    """Drop the audio files found in folders that are this run's outputs, so a run can be
+    resumed in place (``synth dir/`` then ``synth dir/ --skip-existing``).
+
+    For ``synth``, which takes mels and audio files (copy synthesis): an audio file found in a
+    folder is not an input when a mel of the same stem sits beside it (the mel is the input;
+    the audio file is its output, or the recording it was computed from: ``mel dir/`` then
+    ``synth dir/``), nor when it is the planned output of another input (``-o`` into an input
+    folder).  Files named on the command line are always inputs."""
+    mel_stems = {item.source.with_suffix("") for item in items
+                 if item.source is not None and item.source.suffix.lower() not in audio_suffixes}
+    planned_by: dict[Path, set[int]] = {}
+    for index, target in enumerate(_planned(items, output, suffix)):
+        if target is not None:
+            planned_by.setdefault(target.resolve(), set()).add(index)
+    kept = []
+    for index, item in enumerate(items):
+        if item.found and item.source is not None and item.source.suffix.lower() in audio_suffixes:
+            if item.source.with_suffix("") in mel_stems \
+                    or planned_by.get(item.source.resolve(), set()) - {index}:
+                continue
+        kept.append(item)
+    return kept
+
+
+def _names_one_file(output: str | None) -> bool:
+    """A name with an extension is a file (a folder with a dot in its name: end it with '/')."""
+    return output is not None and output != "-" and bool(Path(output).suffix) \
+        and not output.endswith(("/", "\\")) and not Path(output).is_dir()
+
+
+def _planned(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
+    """Each item's output path by the naming rules alone (None: standard output)."""
+    if output == "-":
+        return [None] * len(items)
+    if _names_one_file(output):
+        return [Path(output)] * len(items)
+    return [Path(output) / Path(item.key).with_suffix(suffix) if output is not None
+            else None if item.source is None else item.source.with_suffix(suffix)
+            for item in items]
+
+
 def plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
-    """Where each item's result goes (None: standard output)."""
+    """Where each item's result goes (None: standard output).
+
+    Also removes the temporary files that killed runs of ours left in the output folders
+    (their process is gone; a live run's are kept)."""
+    if output is not None and output != "-":
+        _refuse_special_output(output)
+    outputs = _plan_outputs(items, output, suffix)
+    for folder in dict.fromkeys(target.parent for target in outputs if target is not None):
+        remove_stale_parts(folder)
+    return outputs
+
+
+def _refuse_special_output(output: str) -> None:
+    """``-o`` naming an existing device, FIFO or socket (``/dev/full``, ``/dev/stdout``) is a
+    usage error: outputs are regular files written beside the target and renamed onto it."""
+    import stat
+
+    try:
+        mode = Path(output).stat().st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UsageError(f"-o {output}: not a regular file or folder (a device, FIFO or "
+                         "socket); outputs are written as regular files (use -o - for "
+                         "standard output)")
+
+
+def _plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
     if output == "-":
         if len(items) != 1:
             raise UsageError("-o - (standard output) takes exactly one input")
         return [None]
-    # A name with an extension is a file (a folder with a dot in its name: end it with '/').
-    if output is not None and Path(output).suffix and not output.endswith(("/", "\\")) \
-            and not Path(output).is_dir():
-        if len(items) != 1:
-            raise UsageError(f"-o {output} names one file but {len(items)} inputs were given; "
-                             "pass a folder")
-        return [Path(output)]
-    outputs: list[Path | None] = []
-    for item in items:
-        if output is not None:
-            outputs.append(Path(output) / Path(item.key).with_suffix(suffix))
-        elif item.source is None:
-            outputs.append(None)
-        else:
-            outputs.append(item.source.with_suffix(suffix))
+    if _names_one_file(output) and len(items) != 1:
+        raise UsageError(f"-o {output} names one file but {len(items)} inputs were given; "
+                         "pass a folder")
+    outputs = _planned(items, output, suffix)
     keys = [str(o) for o in outputs if o is not None]
     if len(keys) != len(set(keys)):
         raise UsageError("two inputs map to the same output name (e.g. a.npy and a.pt); "
@@ -141,17 +213,27 @@ def plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Pat
 
 def check_output(item: Item, target: Path | None, inputs: set[Path], overwrite: bool,
                  skip_existing: bool) -> bool:
-    """False when the item is to be skipped; raises when it must not be written."""
+    """False when the item is to be skipped; raises when it must not be written.
+
+    An early shortcut that saves the work for a file that exists: the claim itself is taken
+    when the file is published (:func:`fileio.atomic_write`)."""
     if target is None:
         return True
     if target.resolve() in inputs:
         raise UsageError(f"{target}: refusing to overwrite an input file")
-    if target.exists():
+    refuse_non_regular(target)
+    if os.path.lexists(target):
         if skip_existing:
             return False
         if not overwrite:
             raise OutputExistsError(target)
     return True
+
+
+def lost_to_another_run(error: BaseException, skip_existing: bool) -> bool:
+    """True for an output another process created while this run worked on it, under
+    ``--skip-existing``: that item counts as skipped, not failed (its file was kept)."""
+    return skip_existing and isinstance(error, OutputExistsError)
 
 
 class ItemProgress:
@@ -196,25 +278,41 @@ class ItemProgress:
 
 def run_items(items: list[Item], outputs: list[Path | None], overwrite: bool, skip_existing: bool,
               settings: Settings, label: str,
-              handle: Callable[[Item, Path | bytes, Path | None, ItemProgress], None]) -> int:
+              handle: Callable[[Item, Path | IO[bytes], Path | None, ItemProgress], None]) -> int:
     """Process every item, isolating failures: returns how many failed.  ``handle`` gets the
-    item's path (or stdin's bytes) and its target (None: stdout)."""
+    item's path (or standard input, read once into a temporary file with a cap) and its target
+    (None: stdout)."""
     input_paths = {item.source.resolve() for item in items if item.source is not None}
-    stdin_bytes = sys.stdin.buffer.read() if any(i.source is None for i in items) else b""
     failures = 0
     with ItemProgress(len(items), label) as progress:
         for item, target in zip(items, outputs):
+            error: BaseException | None = None
             try:
                 if check_output(item, target, input_paths, overwrite, skip_existing):
-                    handle(item, stdin_bytes if item.source is None else item.source, target,
-                           progress)
+                    if item.source is None:
+                        with read_stdin() as stdin:
+                            handle(item, stdin, target, progress)
+                    else:
+                        handle(item, item.source, target, progress)
             except UsageError as e:
                 _exit_with(e, settings)
             except (WaveGlowError, OSError) as e:
+                error = e
+            except Exception as e:  # noqa: BLE001 - MemoryError, a library's TypeError ...:
+                error = InputFileError(item.display, f"failed ({type(e).__name__}: {e})")
+            if error is not None and not lost_to_another_run(error, skip_existing):
                 failures += 1
-                report(e, settings, progress.console)
+                report(error, settings, progress.console)
             progress.advance()
     return failures
+
+
+def read_stdin() -> IO[bytes]:
+    """Standard input, read once into an unlinked temporary file (at most
+    ``audio_io.PIPE_LIMIT_BYTES``; an endless stream is refused, not buffered in memory)."""
+    from .audio_io import spool
+
+    return spool(sys.stdin.buffer, "<stdin>")
 
 
 def write_stdout(data: bytes) -> None:
@@ -264,11 +362,13 @@ def synth(
         help="Subtract this much of the model's bias spectrum (NVIDIA's denoiser); 0 = off.",
         min=0.0)] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Items per forward pass.", min=1)] = 8,
-    max_frames: Annotated[int, typer.Option(
+    max_frames: Annotated[int | None, typer.Option(
         help="Longest piece in frames (256 samples); longer inputs are cut into exact "
-             "overlapping pieces, bounding memory.", min=1)] = 2048,
-    batch_frames: Annotated[int, typer.Option(
-        help="Memory budget: padded frames per batch.", min=1)] = 16384,
+             "overlapping pieces, bounding memory. Default: 2048 on a GPU, 1024 on the CPU.",
+        min=1, show_default=False)] = None,
+    batch_frames: Annotated[int | None, typer.Option(
+        help="Memory budget: padded frames per batch. Default: 16384 on a GPU, --max-frames "
+             "on the CPU (one piece at a time).", min=1, show_default=False)] = None,
     mel_layout: Annotated[str, typer.Option(
         help="auto, CT (n_mels, frames) or TC (frames, n_mels).")] = "auto",
     mel_scale: Annotated[str, typer.Option(
@@ -283,20 +383,25 @@ def synth(
                        "needs the [plot] extra.")] = False,
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
+    import numpy as np
+
     from .api import load_synthesis_input, open_checkpoint
     from .audio_io import (AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES, encode_audio, finalize_audio,
-                           output_format, write_audio)
-    from .synthesis import (BatchOptions, SynthesisOptions, Synthesizer, pick_device, pick_dtype)
+                           output_format, write_audio_blocks)
+    from .synthesis import (BatchOptions, SynthesisOptions, Synthesizer, pick_device, pick_dtype,
+                            return_freed_memory_promptly)
 
     settings = Settings.from_env()
     shard = Shard.from_env()
+    return_freed_memory_promptly()  # memory that does not grow with the input's length
     try:
         if overwrite and skip_existing:
             raise UsageError("--overwrite and --skip-existing exclude each other")
         if mel_layout not in MEL_LAYOUTS or mel_scale not in MEL_SCALES:
             raise UsageError(f"--mel-layout takes {', '.join(MEL_LAYOUTS)}; "
                              f"--mel-scale takes {', '.join(MEL_SCALES)}")
-        items = discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES)
+        items = without_own_outputs(discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES), output,
+                                    ".wav", AUDIO_SUFFIXES)
         outputs = plan_outputs(items, output, ".wav")
         for target in outputs:
             output_format(target if target is not None else "-", subtype)
@@ -306,8 +411,6 @@ def synth(
                 raise UsageError("stdin/stdout cannot be shared between torchrun processes")
             items, outputs = items[shard.rank::shard.world], outputs[shard.rank::shard.world]
         options = SynthesisOptions(sigma=sigma, seed=seed, denoiser_strength=denoiser_strength)
-        batching = BatchOptions(batch_size=batch_size, max_frames=max_frames,
-                                batch_frames=batch_frames)
         if device == "auto" and shard.world > 1:
             import torch
 
@@ -317,7 +420,12 @@ def synth(
         dtype = pick_dtype(precision, torch_device, sigma)
         vocoder = open_checkpoint(checkpoint, torch_device, settings,
                                   with_denoiser=denoiser_strength > 0, dtype=dtype)
+        max_frames, batch_frames = _piece_defaults(max_frames, batch_frames, torch_device,
+                                                   vocoder.model.config)
+        batching = BatchOptions(batch_size=batch_size, max_frames=max_frames,
+                                batch_frames=batch_frames)
         synthesizer = Synthesizer(vocoder.model, options, batching, vocoder.denoiser)
+        _check_max_frames(max_frames, vocoder.model.config)
         if plot:
             from .plot import plot_signals, require_matplotlib
 
@@ -328,7 +436,6 @@ def synth(
     counts = {"written": 0, "skipped": 0, "failed": 0}
     console = _stderr()
     input_paths = {item.source.resolve() for item in items if item.source is not None}
-    stdin_bytes = sys.stdin.buffer.read() if any(i.source is None for i in items) else b""
     targets = {item.key: (item, target) for item, target in zip(items, outputs)}
 
     def fail(error: BaseException, progress: ItemProgress) -> None:
@@ -343,14 +450,21 @@ def synth(
                     ) -> list[tuple[str, object]]:
         loaded = []
         for item, target in window:
+            error: BaseException | None = None
             try:
                 if not check_output(item, target, input_paths, overwrite, skip_existing):
                     counts["skipped"] += 1
                     progress.advance()
                     continue
-                source = stdin_bytes if item.source is None else item.source
-                mel, notes = load_synthesis_input(source, item.display, vocoder.mel_config,
-                                                  mel_layout, mel_scale)
+                # A mel is kept lazily (a .npy memory-mapped): only pieces are ever read.
+                if item.source is None:
+                    with read_stdin() as stdin:
+                        mel, notes = load_synthesis_input(stdin, item.display, vocoder.mel_config,
+                                                          mel_layout, mel_scale, lazy=True)
+                else:
+                    mel, notes = load_synthesis_input(item.source, item.display,
+                                                      vocoder.mel_config, mel_layout, mel_scale,
+                                                      lazy=True)
                 for text in notes if not quiet else ():
                     progress.note(text)
                 loaded.append((item.key, mel))
@@ -359,9 +473,39 @@ def synth(
             except UsageError as e:
                 _exit_with(e, settings)
             except (WaveGlowError, OSError) as e:
-                fail(e, progress)
+                error = e
+            except Exception as e:  # noqa: BLE001 - MemoryError, a library's TypeError ...:
+                error = InputFileError(item.display, f"cannot be read ({type(e).__name__}: {e})")
+            if error is not None:  # this input fails; the others go on
+                fail(error, progress)
                 progress.advance()
         return loaded
+
+    def blocks_of(item: Item, events: Iterator[tuple[str, object, bool]]) -> Iterator[object]:
+        for _, block, _ in events:
+            if isinstance(block, BaseException):
+                raise block if isinstance(block, WaveGlowError) else SynthesisError(
+                    item.display, f"synthesis failed ({type(block).__name__}: {block})")
+            yield block
+
+    def write_item(item: Item, target: Path | None, blocks: Iterator[object]) -> int:
+        """Write one item's audio as its blocks arrive; returns its number of samples."""
+        if target is None:  # the WAV header needs the length: standard output is written whole
+            parts = [finalize_audio(b, item.display, subtype) for b in blocks]
+            audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            write_stdout(encode_audio(audio, vocoder.sample_rate, subtype))
+            return int(audio.size)
+        kept: list[object] = []
+        if plot:  # the figure shows the whole waveform
+            blocks = (kept.append(b) or b for b in blocks)
+        samples = write_audio_blocks(target, blocks, vocoder.sample_rate, subtype,
+                                     name=item.display, overwrite=overwrite)
+        if plot:
+            plot_signals(target.with_suffix(".png"),
+                         [("mel", np.asarray(plotted_mels.pop(item.key)), f"{item.display}: mel"),
+                          ("wave", np.concatenate(kept), f"{target.name}: synthesised")],
+                         vocoder.mel_config, overwrite=overwrite)
+        return samples
 
     plotted_mels: dict[str, object] = {}
     window_size = max(batch_size * 8, 64)
@@ -370,30 +514,62 @@ def synth(
     with ItemProgress(0 if quiet else len(items), "synth") as progress:
         for start in range(0, len(pairs), window_size):
             loaded = load_window(pairs[start:start + window_size], progress)
-            for key, result in synthesizer.run(loaded):
+            cancelled: set[str] = set()
+            # Each item's events arrive together and in order: write them as they come.
+            for key, events in itertools.groupby(synthesizer.stream(loaded, cancelled),
+                                                 key=lambda event: event[0]):
                 item, target = targets[key]
+                error = None
                 try:
-                    if isinstance(result, BaseException):
-                        raise result if isinstance(result, WaveGlowError) else SynthesisError(
-                            item.display, f"synthesis failed ({type(result).__name__}: {result})")
-                    audio = finalize_audio(result, item.display, subtype)
-                    if target is None:
-                        write_stdout(encode_audio(audio, vocoder.sample_rate, subtype))
-                    else:
-                        write_audio(target, audio, vocoder.sample_rate, subtype)
-                        if plot:
-                            plot_signals(target.with_suffix(".png"),
-                                         [("mel", plotted_mels.pop(key), f"{item.display}: mel"),
-                                          ("wave", audio, f"{target.name}: synthesised")],
-                                         vocoder.mel_config)
+                    samples = write_item(item, target, blocks_of(item, events))
                     counts["written"] += 1
-                    total_seconds += audio.size / vocoder.sample_rate
+                    total_seconds += samples / vocoder.sample_rate
                 except (WaveGlowError, OSError) as e:
-                    fail(e, progress)
+                    error = e
+                except Exception as e:  # noqa: BLE001 - MemoryError ...: this item fails
+                    error = SynthesisError(item.display,
+                                           f"synthesis failed ({type(e).__name__}: {e})")
+                if error is not None:
+                    cancelled.add(key)  # the rest of its pieces are not computed
+                    plotted_mels.pop(key, None)
+                    if lost_to_another_run(error, skip_existing):
+                        counts["skipped"] += 1
+                    else:
+                        fail(error, progress)
                 progress.advance(seconds=total_seconds)
     _summary(console, counts, quiet, total_seconds)
     failed = _all_ranks_sum(counts["failed"], shard)
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
+
+
+def _piece_defaults(max_frames: int | None, batch_frames: int | None, device: object,
+                    config: object) -> tuple[int, int]:
+    """--max-frames and --batch-frames when not given.  On the CPU one piece of 1024 frames at
+    a time: the upsampled mel alone is M x hop floats per frame (80 KiB at 80 mels), so a
+    GPU-sized batch (16384 frames) would take gigabytes of RAM.  Never below 4 context margins,
+    so a model with a wide receptive field still has room for the piece itself."""
+    from .synthesis import context_margin
+
+    on_cpu = getattr(device, "type", "cpu") == "cpu"
+    if max_frames is None:
+        max_frames = max(1024 if on_cpu else 2048, 4 * context_margin(config))  # type: ignore[arg-type]
+    if batch_frames is None:
+        batch_frames = max_frames if on_cpu else max(16384, max_frames)
+    return max_frames, batch_frames
+
+
+def _check_max_frames(max_frames: int, config: object) -> None:
+    """A long input is cut into pieces of ``max_frames`` that carry the model's context margin
+    on both sides; a limit below 3 margins leaves no room for the piece itself."""
+    from .synthesis import context_margin
+
+    if config.hop_length % config.n_group:  # type: ignore[attr-defined]
+        return  # such a model is synthesised whole; --max-frames does not apply
+    margin = context_margin(config)  # type: ignore[arg-type]
+    if max_frames < 3 * margin:
+        raise UsageError(f"--max-frames {max_frames} is too small for this checkpoint: the "
+                         f"minimum is {3 * margin} frames (3 x its {margin}-frame context "
+                         "margin)")
 
 
 def _summary(console: Console, counts: dict[str, int], quiet: bool, seconds: float = 0.0) -> None:
@@ -447,7 +623,8 @@ def mel(
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
 
-    def handle(item: Item, source: Path | bytes, target: Path | None, progress: ItemProgress) -> None:
+    def handle(item: Item, source: Path | IO[bytes], target: Path | None,
+               progress: ItemProgress) -> None:
         spectrogram, notes = audio_to_mel(source, config, item.display)
         for text in notes:
             progress.note(text)
@@ -455,7 +632,7 @@ def mel(
         if target is None:
             write_stdout(data)
         else:
-            atomic_write(target, lambda tmp: tmp.write_bytes(data))
+            atomic_write(target, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
     failures = run_items(items, outputs, overwrite, skip_existing, settings, "mel", handle)
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
@@ -478,7 +655,7 @@ def info(
     import json
 
     from .api import mel_config_for
-    from .cache import cache_paths, read_metadata
+    from .cache import cache_paths, read_record
     from .checkpoint import read_checkpoint
     from .download import sha256_file
     from .registry import Registry, ensure_checkpoint
@@ -489,7 +666,10 @@ def info(
         entry = None if Path(checkpoint).expanduser().exists() else registry.find(checkpoint)
         path = ensure_checkpoint(checkpoint, settings, DownloadBar(), registry)
         ckpt = read_checkpoint(path)
-        meta = read_metadata(entry, settings) if entry is not None else {}
+        meta, record_problem = read_record(entry, settings) if entry is not None else ({}, "")
+        if record_problem:  # the bytes are hashed below instead; a damaged record is a note
+            _stderr().out(f"note: {entry.name}: {record_problem}; `waveglow fetch --verify "
+                          f"{entry.name}` repairs it")
         original = cache_paths(entry, settings).original if entry is not None else path
         sha256 = meta.get("sha256") or (sha256_file(original) if original.is_file() else None)
         mel = mel_config_for(ckpt, entry).to_dict()
@@ -560,7 +740,7 @@ def convert(
             raise UsageError(f"{output}: refusing to overwrite the input")
         if output.exists() and not overwrite:
             raise OutputExistsError(output)
-        save_checkpoint(output, read_checkpoint(source), dtype=storage)
+        save_checkpoint(output, read_checkpoint(source), dtype=storage, overwrite=overwrite)
     except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
     _stderr().out(f"wrote {output}")
@@ -679,6 +859,8 @@ def fetch(
     try:
         if force and verify:
             raise UsageError("--force and --verify exclude each other")
+        if settings.problems and not settings.offline:  # e.g. WAVEGLOW_MAX_DOWNLOAD_BYTES=lots
+            raise UsageError("; ".join(settings.problems))
         entries = _registry_entries(names, settings)
     except (WaveGlowError, ValueError) as e:
         _exit_with(e, settings)
@@ -721,6 +903,10 @@ def list_checkpoints(
                 for entry in Registry.load(settings).entries.values()]
     except (WaveGlowError, ValueError, OSError) as e:
         _exit_with(e, settings)
+    for row in rows:  # a damaged cache record is a note, never a failure of `list`
+        if row.get("record_problem"):
+            _stderr().out(f"note: {row['name']}: {row['record_problem']}; "
+                          f"`waveglow fetch --verify {row['name']}` repairs it")
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -822,7 +1008,7 @@ def score(
         if as_json:
             typer.echo(json.dumps({"file": item.display, **result.as_dict()}))
         else:
-            typer.echo(f"{item.display}\tloss {result.loss:.6f}\t"
+            typer.echo(f"{printable(item.display)}\tloss {result.loss:.6f}\t"
                        f"nll {result.nll_nats_per_sample:.6f} nats/sample\t"
                        f"{result.bits_per_sample:.6f} bits/sample")
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
@@ -880,7 +1066,8 @@ def plot(
                 raise UsageError(f"{target}: refusing to overwrite an input file")
             if target.exists() and not overwrite:
                 raise OutputExistsError(target)
-            plot_signals(target, [p for item in group for p in panels_for(item)], config)
+            plot_signals(target, [p for item in group for p in panels_for(item)], config,
+                         overwrite=overwrite)
         except UsageError as e:
             _exit_with(e, settings)
         except (WaveGlowError, OSError) as e:
@@ -1054,8 +1241,23 @@ def main() -> None:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         settings = Settings.from_env()
-        _stderr().out(f"error: internal error ({type(e).__name__}: {e}); "
-                      "set WAVEGLOW_DEBUG=1 for the traceback")
+        _stderr().out(_last_resort_message(e))
         if settings.debug:
             traceback.print_exception(e, file=sys.stderr)
         sys.exit(EXIT_INPUT_FAILED)
+
+
+def _last_resort_message(error: BaseException) -> str:
+    """One line for an exception no command caught: the file and the system's reason where
+    the error names one (an OSError: "out.wav: no space left on device"), else "internal
+    error" with the type, so a bug still reads as one."""
+    from .fileio import describe_os_error
+
+    if isinstance(error, WaveGlowError):  # ours: the message names the file already
+        return f"error: {error}"
+    if isinstance(error, OSError) and error.filename:
+        return f"error: {error.filename}: {describe_os_error(error)}"
+    if isinstance(error, MemoryError):
+        return "error: out of memory" + (f" ({error})" if str(error) else "")
+    return (f"error: internal error ({type(error).__name__}: {error}); "
+            "set WAVEGLOW_DEBUG=1 for the traceback")

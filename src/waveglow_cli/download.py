@@ -16,7 +16,12 @@
   :func:`os.replace` into place; on a mismatch the partial file is deleted and
   :class:`~waveglow_cli.errors.ChecksumMismatchError` says expected vs got;
 * ``archive="zip"`` sources are downloaded whole, then only ``member`` is extracted (its name
-  is used to find it, never as a path) and verified.
+  is used to find it, never as a path) and verified;
+* every download is bounded (:class:`~waveglow_cli.settings.DownloadLimits`): without a
+  published size at most ``max_bytes`` are accepted (counted after any ``Content-Encoding`` is
+  decoded; a larger ``Content-Length`` is refused before the body is read; a zip member may
+  not expand beyond it either), a transfer slower than ``min_rate`` over ``rate_window``
+  seconds or longer than ``deadline`` is given up with "download too slow".
 
 Progress goes to a :class:`Progress` object the caller passes (the CLI draws a rich bar).
 """
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlparse
 
 from .errors import ChecksumMismatchError, DownloadError, WaveGlowError
+from .settings import DownloadLimits
 
 if TYPE_CHECKING:  # requests is imported when a download starts, not with the CLI
     import requests
@@ -137,7 +143,7 @@ class RetryPolicy:
     max_attempts: int = 50           # requests per source, all causes together
     backoff: float = 0.5             # first wait before a retry; doubles each time
     max_backoff: float = 8.0
-    chunk_size: int = 1 << 16
+    chunk_size: int = 1 << 20       # read1() hands over at most this much at a time
 
     def wait(self, failures: int) -> float:
         return min(self.max_backoff, self.backoff * 2 ** max(0, failures - 1))
@@ -160,6 +166,11 @@ class Downloaded:
 
 class _SourceFailed(Exception):
     """This source cannot deliver the file; try the next one."""
+
+
+class _Refused(_SourceFailed):
+    """This source sent (or announced) more than is allowed: its bytes are discarded, never
+    kept for a resume."""
 
 
 class _Cut(Exception):
@@ -231,13 +242,55 @@ def _is_html(response: requests.Response) -> bool:
     return kind in ("text/html", "application/xhtml+xml") and "attachment" not in disposition
 
 
-def _read_text(response: requests.Response) -> str:
+class _Pace:
+    """Gives up on a transfer that is too slow: fewer than ``min_rate * rate_window`` bytes in a
+    window of ``rate_window`` seconds, or (with a ``deadline``) not done in time.  The read
+    timeout only notices a silent server; this notices one that trickles a byte at a time."""
+
+    def __init__(self, limits: DownloadLimits, url: str, started: float) -> None:
+        self.limits, self.url, self.started = limits, url, started
+        self.window_start = time.monotonic()
+        self.window_bytes = 0
+
+    def check_deadline(self) -> None:
+        deadline = self.limits.deadline
+        if deadline and time.monotonic() - self.started > deadline:
+            raise _SourceFailed(f"download too slow: {self.url} did not finish within "
+                                f"{deadline:g} s (WAVEGLOW_DOWNLOAD_DEADLINE)")
+
+    def feed(self, count: int) -> None:
+        """``count`` more bytes arrived."""
+        self.window_bytes += count
+        now = time.monotonic()
+        self.check_deadline()
+        elapsed = now - self.window_start
+        if elapsed < self.limits.rate_window:
+            return
+        if self.limits.min_rate and self.window_bytes < self.limits.min_rate * elapsed:
+            raise _SourceFailed(
+                f"download too slow: {self.window_bytes} bytes in the last {elapsed:.0f} s from "
+                f"{self.url} (less than {self.limits.min_rate} bytes/s, "
+                "WAVEGLOW_DOWNLOAD_MIN_RATE)")
+        self.window_start, self.window_bytes = now, 0
+
+
+def _read_text(response: requests.Response, pace: _Pace | None = None) -> str:
     data = b""
     for block in response.iter_content(1 << 15):
         data += block
+        if pace is not None:
+            pace.feed(len(block))
         if len(data) >= _HTML_LIMIT:
             break
     return data[:_HTML_LIMIT].decode(response.encoding or "utf-8", errors="replace")
+
+
+def _too_big(url: str, cap: int, announced: int | None = None) -> _Refused:
+    what = (f"announces {announced:,} bytes, more than" if announced is not None
+            else "sent more than")
+    return _Refused(f"refused: {url} {what} the {cap:,} bytes accepted for a file whose size "
+                    "is not published (WAVEGLOW_MAX_DOWNLOAD_BYTES); nothing was kept in the "
+                    "cache")
 
 
 def _iter_body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
@@ -344,19 +397,33 @@ def _check_redirect(here: str, target: str) -> None:
 # One source
 
 
+def _read_state(state_file: Path) -> dict[str, Any]:
+    """A partial download's bookkeeping ({"url": ...}); {} when absent or damaged."""
+    try:
+        with open(state_file, "rb") as f:
+            state = json.loads(f.read(1 << 16))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def _transfer(session: requests.Session, url: str, partial: Path, expect_total: int | None,
-              label: str, progress: _Reporter, policy: RetryPolicy) -> str:
-    """Bring ``partial`` to the complete body of ``url``; returns the URL finally used."""
+              label: str, progress: _Reporter, policy: RetryPolicy,
+              limits: DownloadLimits = DownloadLimits(), cap: int | None = None) -> str:
+    """Bring ``partial`` to the complete body of ``url``; returns the URL finally used.
+
+    At most ``expect_total`` bytes (the published size) are accepted, else at most ``cap``
+    (default ``limits.max_bytes``)."""
     import requests
 
+    if cap is None:
+        cap = expect_total if expect_total is not None else limits.max_bytes
     state_file = _state_path(partial)
-    try:
-        state = json.loads(state_file.read_text("utf-8"))
-    except (OSError, ValueError):
-        state = {}
-    if partial.exists() and state.get("url") != url:
-        _unlink(partial)  # left over from another source: its bytes may differ
+    state = _read_state(state_file)
+    if partial.exists() and (state.get("url") != url or partial.stat().st_size > cap):
+        _unlink(partial)  # from another source (its bytes may differ), or beyond the cap
     state_file.write_text(json.dumps({"url": url}), "utf-8")
+    started = time.monotonic()
 
     request_url, params = url, None
     validator: str | None = None       # strong ETag / Last-Modified, for If-Range
@@ -367,6 +434,8 @@ def _transfer(session: requests.Session, url: str, partial: Path, expect_total: 
         attempts += 1
         if attempts > policy.max_attempts:
             raise _SourceFailed(f"gave up after {policy.max_attempts} requests")
+        pace = _Pace(limits, url, started)
+        pace.check_deadline()
         have = partial.stat().st_size if partial.exists() else 0
         headers = {"Accept-Encoding": "identity"}
         if have:
@@ -398,7 +467,8 @@ def _transfer(session: requests.Session, url: str, partial: Path, expect_total: 
                     hops += 1
                     if hops > _MAX_INTERSTITIALS:
                         raise _SourceFailed("confirmation pages kept coming; giving up")
-                    request_url, params = confirmation_request(_read_text(response), response)
+                    request_url, params = confirmation_request(_read_text(response, pace),
+                                                               response)
                     received_any = True
                     progress.note(f"{label}: answering a download confirmation page")
                     continue
@@ -425,16 +495,22 @@ def _transfer(session: requests.Session, url: str, partial: Path, expect_total: 
                     raise ChecksumMismatchError(label, url, "size", expect_total, known_total,
                                                 "(size the server announced); nothing was kept "
                                                 "in the cache")
+                if known_total is not None and known_total > cap:
+                    raise _too_big(url, cap, known_total)  # refused before the body is read
                 progress.start(label, known_total, have)
                 with open(partial, mode) as out:
+                    # Counted after decoding: a gzip body cannot expand past the cap either.
                     for block in _iter_body(response, policy.chunk_size):
+                        if have + got + len(block) > cap:
+                            if expect_total is not None:
+                                raise ChecksumMismatchError(label, url, "size", expect_total,
+                                                            f"more than {expect_total}")
+                            raise _too_big(url, cap)
                         out.write(block)
                         got += len(block)
                         received_any = True
                         progress.update(len(block))
-                        if expect_total is not None and have + got > expect_total:
-                            raise ChecksumMismatchError(label, url, "size", expect_total,
-                                                        f"more than {expect_total}")
+                        pace.feed(len(block))
                 done = have + got
                 if known_total is None or done == known_total:
                     return response.url
@@ -459,7 +535,7 @@ def _transfer(session: requests.Session, url: str, partial: Path, expect_total: 
             of = f" of {known_total:,}" if known_total else ""
             progress.note(f"{label}: {e} after {now:,}{of} bytes; resuming in {wait:g} s")
             time.sleep(wait)
-        except ChecksumMismatchError:
+        except (ChecksumMismatchError, _Refused):
             _unlink(partial, state_file)
             raise
 
@@ -472,9 +548,11 @@ def _safe_member_name(member: str) -> str:
 
 
 def extract_member(archive: Path, member: str, target: Path, expect_size: int | None = None,
-                   label: str = "") -> None:
+                   label: str = "", *, max_bytes: int | None = None) -> None:
     """Copy one member of a zip to ``target``.  The member's name is only used to find it, never
-    as a path, so an archive cannot write outside the cache; the size it claims is checked."""
+    as a path, so an archive cannot write outside the cache; the size it claims is checked
+    (against ``expect_size``, else against ``max_bytes``) and the bytes are counted while they
+    are extracted, so a member cannot expand beyond what its header says."""
     wanted = _safe_member_name(member)
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -489,6 +567,11 @@ def extract_member(archive: Path, member: str, target: Path, expect_size: int | 
             if expect_size is not None and info.file_size != expect_size:
                 raise ChecksumMismatchError(label or member, str(archive.name), "size",
                                             expect_size, info.file_size)
+            if expect_size is None and max_bytes is not None and info.file_size > max_bytes:
+                raise _Refused(f"refused: archive member {info.filename!r} expands to "
+                               f"{info.file_size:,} bytes, more than the {max_bytes:,} accepted "
+                               "for a file whose size is not published "
+                               "(WAVEGLOW_MAX_DOWNLOAD_BYTES)")
             written = 0
             with zf.open(info) as src, open(target, "wb") as out:
                 while block := src.read(1 << 20):
@@ -514,19 +597,25 @@ def _fsync(path: Path) -> None:
 
 def _from_source(session: requests.Session, source: Source, dest: Path, size: int | None,
                  sha256: str | None, label: str, progress: _Reporter, policy: RetryPolicy,
-                 validate: Callable[[Path], object] | None) -> Downloaded:
+                 validate: Callable[[Path], object] | None,
+                 limits: DownloadLimits = DownloadLimits()) -> Downloaded:
     partial = partial_path(dest)
     if source.archive:
         if source.archive != "zip" or not source.member:
             raise _SourceFailed(f"unsupported archive {source.archive!r}")
         archive = dest.with_name(dest.name + ".zip.partial")
-        url = _transfer(session, source.url, archive, None, label, progress, policy)
+        # The zip's own size is never published (``size`` is the member's): the cap bounds it,
+        # with room for a published member that is larger than the cap.
+        archive_cap = limits.max_bytes if size is None else max(limits.max_bytes, 2 * size)
+        url = _transfer(session, source.url, archive, None, label, progress, policy, limits,
+                        archive_cap)
         try:
-            extract_member(archive, source.member, partial, size, label)
+            extract_member(archive, source.member, partial, size, label,
+                           max_bytes=limits.max_bytes)
         finally:
             _unlink(archive, _state_path(archive))
     else:
-        url = _transfer(session, source.url, partial, size, label, progress, policy)
+        url = _transfer(session, source.url, partial, size, label, progress, policy, limits)
     progress.finish()
     got_size = partial.stat().st_size
     if size is not None and got_size != size:
@@ -551,9 +640,12 @@ def _from_source(session: requests.Session, source: Source, dest: Path, size: in
 def download(sources: Sequence[Source | str], dest: str | os.PathLike[str], *,
              size: int | None = None, sha256: str | None = None, progress: Any = None,
              policy: RetryPolicy | None = None, session: requests.Session | None = None,
-             validate: Callable[[Path], object] | None = None, label: str | None = None
-             ) -> Downloaded:
+             validate: Callable[[Path], object] | None = None, label: str | None = None,
+             limits: DownloadLimits | None = None) -> Downloaded:
     """Download ``dest`` from the first of ``sources`` that delivers it, verified.
+
+    ``limits`` bounds each transfer (size without a published one, throughput, deadline);
+    default :class:`~waveglow_cli.settings.DownloadLimits` (4 GiB, 4 KiB/s over 30 s).
 
     ``validate(partial_path)`` may raise (any :class:`WaveGlowError`) to reject the bytes; the
     next source is then tried.  Raises :class:`ChecksumMismatchError` when a source delivered
@@ -564,6 +656,7 @@ def download(sources: Sequence[Source | str], dest: str | os.PathLike[str], *,
     dest.parent.mkdir(parents=True, exist_ok=True)
     label = label or dest.name
     policy = policy or RetryPolicy()
+    limits = limits or DownloadLimits()
     reporter = _Reporter(progress)
     own = session is None
     if session is None:
@@ -577,7 +670,7 @@ def download(sources: Sequence[Source | str], dest: str | os.PathLike[str], *,
         for i, source in enumerate(items):
             try:
                 return _from_source(session, source, dest, size, sha256, label, reporter, policy,
-                                    validate)
+                                    validate, limits)
             except ChecksumMismatchError as e:
                 mismatch = mismatch or e
                 failures.append(f"{source.url}: {e.kind} mismatch")

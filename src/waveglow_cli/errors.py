@@ -10,6 +10,32 @@ import pickle
 from pathlib import Path
 
 
+# Characters that must not reach a terminal from a file name: C0 controls (ESC starts escape
+# sequences that can recolour, retitle or rewrite the screen; a newline breaks "one line"),
+# DEL and C1 controls, bidirectional overrides (they reorder what is shown), and the lone
+# surrogates Python uses for file-name bytes that are not UTF-8 (they cannot even be encoded).
+_BIDI_CONTROLS = frozenset((0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN`` / ``\\uNNNN`` escapes; every other
+    character, accented letters and CJK included, is kept as it is."""
+    if text.isprintable() and text.isascii():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:      # surrogateescape: the original byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif code in _BIDI_CONTROLS or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 class WaveGlowError(Exception):
     """Base of every error this package raises on purpose."""
 
@@ -52,13 +78,31 @@ class SynthesisError(InputFileError):
 
 
 class OutputExistsError(WaveGlowError, FileExistsError):
-    """An output file exists and neither overwrite nor skip was asked for."""
+    """An output file exists and neither overwrite nor skip was asked for.
 
-    def __init__(self, path: str | Path) -> None:
+    ``meanwhile``: it did not exist when the run checked, another process created it while
+    this one was working (the claim is taken when the file is published, so it was kept)."""
+
+    def __init__(self, path: str | Path, *, meanwhile: bool = False) -> None:
         self.path = str(path)
+        self.meanwhile = meanwhile
+        what = "output exists (written by another run meanwhile)" if meanwhile \
+            else "output exists"
         super().__init__(
-            f"{self.path}: output exists; pass --overwrite to replace it or --skip-existing to keep it"
+            f"{self.path}: {what}; pass --overwrite to replace it or --skip-existing to keep it"
         )
+
+
+class OutputWriteError(WaveGlowError, OSError):
+    """An output file could not be written (full disk, no permission, not a regular file...);
+    ``path`` names it, ``reason`` says why, ``errno`` is the system's code where there is one.
+    Nothing was left under its name."""
+
+    def __init__(self, path: str | Path, reason: str, code: int | None = None) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+        self.errno = code
 
 
 class UsageError(WaveGlowError, ValueError):

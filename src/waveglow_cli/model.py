@@ -224,12 +224,37 @@ class WaveGlow(nn.Module):
         Frame j of the transposed convolution touches samples [hop*j, hop*j + kernel), so
         zero frames padded after an item's end leave its first F*hop samples unchanged."""
         g = self.config.n_group
+        if not torch.is_grad_enabled() and self.config.hop_length % g == 0:
+            return self._upsample_in_chunks(mel, n_samples)
         up = self.upsample(mel)[:, :, :n_samples]
         steps = up.size(2) // g
         up = up[:, :, :steps * g]
         # cond[b, m*G + j, t] = up[b, m, t*G + j]  (NVIDIA's unfold/permute/view, as a reshape)
         b, m, _ = up.shape
         return up.reshape(b, m, steps, g).permute(0, 1, 3, 2).reshape(b, m * g, steps)
+
+    def _upsample_in_chunks(self, mel: Tensor, n_samples: int, chunk_frames: int = 64) -> Tensor:
+        """:meth:`upsample_mel` for inference, ``chunk_frames`` frames of output at a time,
+        written straight into the (B, M*G, T) layout.  Whole, the transposed convolution's
+        workspace is M x kernel values per frame, four times its output, and the layout change
+        copies the output once more (together 2 GB for one 2048-frame, 80-mel piece); in chunks
+        only the result itself grows with the length.  Output samples [s0, s1) come from frames
+        j with j*hop <= s < j*hop + kernel only, so each chunk reads those frames and keeps its
+        slice: the same sums.  Needs whole groups per frame (hop % n_group == 0)."""
+        hop, kernel, g = self.config.hop_length, self.config.upsample_kernel, self.config.n_group
+        batch, frames = mel.size(0), mel.size(2)
+        total = min(n_samples, (frames - 1) * hop + kernel) if frames else 0
+        steps = max(total, 0) // g
+        m = self.upsample.out_channels
+        cond = mel.new_empty(batch, m, g, steps)  # cond[b, m, j, t] = up[b, m, t*G + j]
+        reach = -(-kernel // hop)  # frames before a sample's own that still reach it
+        for s0 in range(0, steps * g, chunk_frames * hop):
+            s1 = min(steps * g, s0 + chunk_frames * hop)
+            f0 = max(0, s0 // hop - reach + 1)
+            f1 = min(frames, -(-s1 // hop))
+            part = self.upsample(mel[:, :, f0:f1])[:, :, s0 - f0 * hop:s1 - f0 * hop]
+            cond[:, :, :, s0 // g:s1 // g] = part.reshape(batch, m, -1, g).permute(0, 1, 3, 2)
+        return cond.reshape(batch, m * g, steps)
 
     def _mask(self, lengths: Tensor | None, steps: int, like: Tensor) -> Tensor | None:
         """(B, 1, T) mask from per-item lengths in *frames* (None when no masking is wanted)."""

@@ -62,9 +62,10 @@ def _draw_wave(ax, audio: np.ndarray, sample_rate: int, title: str) -> None:
 
 
 def plot_signals(path: str | os.PathLike[str], panels: list[tuple[str, np.ndarray, str]],
-                 config: MelConfig) -> Path:
+                 config: MelConfig, *, overwrite: bool = False) -> Path:
     """Write a PNG with one row per panel: ('mel', (n_mels, F) array, title) or
-    ('wave', (S,) audio, title).  Written atomically."""
+    ('wave', (S,) audio, title).  Written atomically; an existing file is replaced only with
+    ``overwrite``."""
     from .audio_io import atomic_write
 
     plt = _pyplot()
@@ -80,6 +81,9 @@ def plot_signals(path: str | os.PathLike[str], panels: list[tuple[str, np.ndarra
             _draw_wave(ax, data, config.sample_rate, title)
     fig.tight_layout()
     target = Path(path)
-    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100),
+                     overwrite=overwrite)
+    finally:
+        plt.close(fig)
     return target

@@ -7,26 +7,89 @@ an existing path wins; a registry name maps to its file in the cache.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from .errors import CheckpointNotAvailableError, UnknownCheckpointError, UsageError
 from .settings import Settings
 
 DEFAULT_CHECKPOINT = "universal"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 128
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
+_REGISTRY_FILE_LIMIT = 16 << 20     # a registry is a few KB of TOML; refuse anything huge
+_RESERVED_NAMES = ("metadata.json",)  # the cache's record beside each checkpoint
 
 
-def _is_inner_path(value: object) -> bool:
-    """A non-empty relative path that stays inside its root (no leading slash, no '..')."""
-    return (isinstance(value, str) and bool(value.strip()) and not value.startswith(("/", "\\"))
-            and ".." not in value.replace("\\", "/").split("/"))
+def name_problem(value: object) -> str | None:
+    """Why ``value`` cannot be used as one file name (None: it can).
+
+    The one check every registry value that becomes a path goes through (entry names,
+    aliases, each part of ``member`` and ``bundled``, the file name taken from a URL): a name
+    is a name, so it holds no separator, is not hidden, '.' or '..', has no control
+    characters and is of bounded length.  Then joining it to a folder stays in that folder
+    on every platform."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not value.strip():
+        return "is empty"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"is longer than {MAX_NAME_LENGTH} characters"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return "holds control characters"
+    if any(sep in value for sep in ("/", "\\", ":")):
+        return "holds a path separator ('/', '\\' or ':')"
+    if value.startswith(".") or ".." in value:
+        return "starts with '.' or holds '..'"
+    return None
+
+
+def _inner_path_problem(value: object) -> str | None:
+    """Why ``value`` is not a relative path inside its root made of plain names (None: it is)."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value.startswith(("/", "\\")):
+        return "must be a relative path"
+    for part in value.split("/"):
+        if (problem := name_problem(part)) is not None:
+            return f"has a part {part!r} that {problem}"
+    return None
+
+
+def url_file_name(url: str) -> str:
+    """The last segment of a URL's path as written ('' when there is none).  Registry URLs are
+    checked (see _url_problem) so that it is a plain name, with escapes decoded or not."""
+    return urlparse(url).path.rsplit("/", 1)[-1]
+
+
+def _url_problem(url: object) -> str | None:
+    if not isinstance(url, str):
+        return f"must be a string, not {type(url).__name__}"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "holds spaces or control characters"
+    try:
+        parsed = urlparse(url)
+    except ValueError as e:
+        return f"is not a URL ({e})"
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        return "must be an http:// or https:// URL"
+    raw_leaf = parsed.path.rsplit("/", 1)[-1]
+    leaf = unquote(raw_leaf)
+    # Only a leaf with a checkpoint suffix can become the cached file's name (see filename).
+    if leaf.lower().endswith(_CHECKPOINT_SUFFIXES) or raw_leaf.lower().endswith(
+            _CHECKPOINT_SUFFIXES):
+        for candidate in (raw_leaf, leaf):
+            if (problem := name_problem(candidate)) is not None:
+                return f"ends in a file name {candidate!r} that {problem}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,32 +116,53 @@ class RegistryEntry:
 
     @property
     def filename(self) -> str:
-        """The checkpoint's file name in the cache."""
+        """The checkpoint's file name in the cache: the last part of ``bundled`` or ``member``,
+        else the file name a URL ends in, else ``<first alias or name>.pt``.  Always a plain
+        name (checked here too, for entries built without :meth:`from_table`)."""
         if self.bundled:
-            return Path(self.bundled).name
-        if self.member:
-            return Path(self.member).name
-        for url in self.urls:
-            leaf = Path(urlparse(url).path).name
-            if leaf.endswith((".pt", ".pth", ".safetensors", ".ckpt")):
-                return leaf
-        return f"{self.aliases[0] if self.aliases else self.name}.pt"
+            leaf = self.bundled.rsplit("/", 1)[-1]
+        elif self.member:
+            leaf = self.member.replace("\\", "/").rsplit("/", 1)[-1]
+        else:
+            leaf = next((name for name in map(url_file_name, self.urls)
+                         if name.endswith(_CHECKPOINT_SUFFIXES)), "")
+            leaf = leaf or f"{self.aliases[0] if self.aliases else self.name}.pt"
+        if (problem := name_problem(leaf)) is not None:
+            raise UsageError(f"checkpoint {self.name!r}: its file name {leaf!r} {problem}")
+        return leaf
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any], origin: str) -> RegistryEntry:
+        """Validate one registry table: every value's type, and every value that becomes a path
+        through :func:`name_problem`.  A bad value is a :class:`UsageError` naming the file,
+        the entry and the field."""
         def fail(reason: str) -> UsageError:
             return UsageError(f"{origin}: entry [{name}]: {reason}")
 
-        if not _NAME.fullmatch(name) or ".." in name:
-            raise fail("a checkpoint name may hold only letters, digits, '.', '_' and '-' "
-                       "(it names a folder in the cache)")
+        def field_problem(key: str, problem: str | None) -> None:
+            if problem is not None:
+                raise fail(f"'{key}' {problem}")
+
+        if not _NAME.fullmatch(name) or name_problem(name) is not None:
+            raise fail("a checkpoint name may hold only letters, digits, '.', '_' and '-', "
+                       f"at most {MAX_NAME_LENGTH} of them, and no '..' (it names a folder "
+                       "in the cache)")
         bundled = table.get("bundled")
-        if bundled is not None and not _is_inner_path(bundled):
-            raise fail("'bundled' must be a path inside the package, without '..'")
+        if bundled is not None:
+            field_problem("bundled", (problem := _inner_path_problem(bundled))
+                          and f"must be a path inside the package: {bundled!r} {problem}")
         urls = table.get("urls", [] if bundled else None)
-        if not isinstance(urls, list) or not (urls or bundled) \
-                or not all(isinstance(u, str) for u in urls):
+        if not isinstance(urls, list) or not (urls or bundled):
             raise fail("'urls' must be a non-empty list of strings")
+        for i, url in enumerate(urls, 1):
+            field_problem("urls", (problem := _url_problem(url))
+                          and f"item {i} ({url!r}) {problem}")
+        aliases = table.get("aliases", [])
+        if not isinstance(aliases, list):
+            raise fail(f"'aliases' must be a list of names, not {type(aliases).__name__}")
+        for alias in aliases:
+            field_problem("aliases", (problem := name_problem(alias))
+                          and f"item {alias!r} {problem}")
         # NVIDIA publishes neither hashes nor byte sizes for most checkpoints; an entry without
         # both is verified by structure on download and its sha256 recorded then.
         sha = table.get("sha256")
@@ -86,25 +170,44 @@ class RegistryEntry:
                                 or any(c not in "0123456789abcdef" for c in sha.lower())):
             raise fail("'sha256' must be 64 hex digits")
         size = table.get("size")
-        if size is not None and (not isinstance(size, int) or size <= 0):
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                                 or size <= 0):
             raise fail("'size' must be a positive integer (bytes)")
-        if table.get("archive") not in (None, "zip"):
+        archive = table.get("archive")
+        if archive not in (None, "zip"):
             raise fail("'archive' must be \"zip\"")
-        if table.get("archive") and not table.get("member"):
-            raise fail("an 'archive' needs a 'member'")
         member = table.get("member")
-        if member is not None and not _is_inner_path(member):
-            raise fail("'member' must be a relative path inside the archive, without '..'")
+        if archive and member is None:
+            raise fail("an 'archive' needs a 'member'")
+        if member is not None:
+            field_problem("member", (problem := _inner_path_problem(member))
+                          and f"must be a relative path inside the archive: {member!r} "
+                              f"{problem}")
+        for key in ("description", "license"):
+            if not isinstance(table.get(key, ""), str):
+                raise fail(f"'{key}' must be a string")
+        sample_rate = table.get("sample_rate", 22050)
+        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) \
+                or not 1 <= sample_rate <= 1_000_000:
+            raise fail(f"'sample_rate' must be a whole number of Hz (1 to 1000000), "
+                       f"not {sample_rate!r}")
         mel = table.get("mel", {})
         if not isinstance(mel, Mapping):
             raise fail("'mel' must be a table")
-        return cls(name=name, urls=tuple(urls), aliases=tuple(table.get("aliases", ())),
-                   sha256=sha.lower() if sha else None, size=size,
-                   archive=table.get("archive"), member=table.get("member"),
-                   description=str(table.get("description", "")),
-                   license=str(table.get("license", "")),
-                   sample_rate=int(table.get("sample_rate", 22050)), mel=dict(mel),
-                   bundled=bundled)
+        for key, value in mel.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise fail(f"'mel.{key}' must be a number, not {value!r}")
+        entry = cls(name=name, urls=tuple(urls), aliases=tuple(aliases),
+                    sha256=sha.lower() if sha else None, size=size, archive=archive,
+                    member=member, description=table.get("description", ""),
+                    license=table.get("license", ""), sample_rate=sample_rate, mel=dict(mel),
+                    bundled=bundled)
+        field_problem("file name", (problem := name_problem(entry.filename))
+                      and f"{entry.filename!r} {problem}")
+        if entry.filename in _RESERVED_NAMES:
+            raise fail(f"its file name {entry.filename!r} (from 'member', 'bundled', 'urls' or "
+                       "'aliases') is reserved for the cache's own records")
+        return entry
 
 
 def _parse(text: str, origin: str) -> dict[str, RegistryEntry]:
@@ -112,12 +215,36 @@ def _parse(text: str, origin: str) -> dict[str, RegistryEntry]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{origin}: invalid TOML ({e})") from None
+    except RecursionError:
+        raise UsageError(f"{origin}: invalid TOML (nested too deeply)") from None
     entries = {}
     for name, table in data.items():
         if not isinstance(table, Mapping):
             raise UsageError(f"{origin}: top-level key {name!r} must be a table")
         entries[name] = RegistryEntry.from_table(name, table, origin)
     return entries
+
+
+def _read_registry_file(path: Path) -> str:
+    """A WAVEGLOW_REGISTRY file's text: a regular file of bounded size, valid UTF-8 (a FIFO or
+    /dev/zero named by mistake is refused, not read forever)."""
+    def fail(reason: str) -> UsageError:
+        return UsageError(f"{path}: cannot read WAVEGLOW_REGISTRY file ({reason})")
+
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise fail("not a regular file")
+            data = f.read(_REGISTRY_FILE_LIMIT + 1)
+    except OSError as e:
+        raise fail(e.strerror or str(e)) from None
+    if len(data) > _REGISTRY_FILE_LIMIT:
+        raise fail(f"larger than {_REGISTRY_FILE_LIMIT >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(f"not UTF-8: {e.reason} at byte {e.start}") from None
 
 
 def builtin_registry_text() -> str:
@@ -132,11 +259,7 @@ class Registry:
     def load(cls, settings: Settings) -> Registry:
         entries = _parse(builtin_registry_text(), "checkpoints.toml")
         if settings.registry_file is not None:
-            try:
-                text = settings.registry_file.read_text("utf-8")
-            except OSError as e:
-                raise UsageError(f"{settings.registry_file}: cannot read WAVEGLOW_REGISTRY file "
-                                 f"({e.strerror or e})") from None
+            text = _read_registry_file(settings.registry_file)
             entries.update(_parse(text, str(settings.registry_file)))
         return cls(entries)
 

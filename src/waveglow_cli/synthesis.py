@@ -3,8 +3,10 @@
 Exactness: every item's audio is, up to float rounding, what synthesising it alone gives.
 
 * Noise for an item depends only on (seed, the item's key) and is drawn on the CPU in float32
-  in the layout :meth:`WaveGlow.infer` takes, once for the whole item, so it is indexed by
-  position: the same whatever the device, batch, order, chunking or number of workers.
+  in the layout :meth:`WaveGlow.infer` takes, in fixed blocks of ``NOISE_BLOCK_STEPS`` grouped
+  steps, block ``b`` from a generator seeded by (item seed, ``b``).  So it is indexed by
+  position and any slice of it can be drawn alone: the same whatever the device, batch,
+  order, chunking or number of workers, and never drawn for a whole long item at once.
 * Items of a batch are zero-padded to the longest and masked inside every WN layer (see
   :meth:`WaveGlow.infer`), so padding never leaks through the dilated convolutions; zero mel
   frames after an item's end do not touch its first frames x hop samples.
@@ -12,14 +14,20 @@ Exactness: every item's audio is, up to float rounding, what synthesising it alo
   side.  Each flow's WN sees ``receptive_field_steps`` grouped steps each way, so an edge can
   only change outputs within n_flows x that distance (plus the upsampler's kernel); the margin
   covers it and only the interior of each piece is kept.
+* Memory does not grow with an item's length: its mel is read a piece at a time (a
+  memory-mapped ``.npy`` stays on disk), its pieces are run in order and :meth:`Synthesizer.stream`
+  hands each finished stretch of audio on (denoised piecewise, exactly) instead of assembling
+  the whole item.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +35,24 @@ import torch
 from .model import WaveGlow, WaveGlowConfig
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
+
+# Grouped steps per noise block: 128 frames at hop 256 and 8 samples per group (128 KiB).
+NOISE_BLOCK_STEPS = 4096
+
+
+class MelLike(Protocol):
+    """A (n_mels, frames) mel: a numpy array, or a lazily read one (see
+    :class:`waveglow_cli.audio_io.LazyMel`) whose ``[:, lo:hi]`` returns those frames."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
+
+
+# One step of :meth:`Synthesizer.stream`: (key, the next stretch of the item's audio or the
+# exception that failed it, whether this is the item's last event).
+Event = tuple[str, "np.ndarray | Exception", bool]
 
 
 @dataclass(frozen=True)
@@ -71,14 +97,37 @@ def item_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def item_noise(model: WaveGlow, frames: int, seed: int | None, key: str) -> torch.Tensor:
-    """Standard-normal noise (G, T) for one whole item, on the CPU."""
-    generator = torch.Generator(device="cpu")
+def noise_seed(seed: int | None, key: str) -> int:
+    """The item's noise seed: from (seed, key), or fresh random bits when unseeded."""
     if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(item_seed(seed, key))
-    return torch.randn(model.noise_shape(1, frames), generator=generator)[0]
+        return int.from_bytes(os.urandom(8), "little") >> 1
+    return item_seed(seed, key)
+
+
+def _block_seed(seed: int, block: int) -> int:
+    digest = hashlib.sha256(f"waveglow-noise-block:{seed}:{block}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def noise_steps(seed: int, groups: int, lo: int, hi: int) -> torch.Tensor:
+    """Standard-normal noise (groups, hi - lo) for grouped steps [lo, hi) of the item whose
+    noise seed is ``seed``: the same numbers whichever slice they are drawn in."""
+    out = torch.empty(groups, max(hi - lo, 0))
+    first, last = lo // NOISE_BLOCK_STEPS, (hi - 1) // NOISE_BLOCK_STEPS
+    for block in range(first, last + 1) if hi > lo else ():
+        generator = torch.Generator(device="cpu").manual_seed(_block_seed(seed, block))
+        values = torch.randn(groups, NOISE_BLOCK_STEPS, generator=generator)
+        start = block * NOISE_BLOCK_STEPS
+        a, b = max(lo, start), min(hi, start + NOISE_BLOCK_STEPS)
+        out[:, a - lo:b - lo] = values[:, a - start:b - start]
+    return out
+
+
+def item_noise(model: WaveGlow, frames: int, seed: int | None, key: str) -> torch.Tensor:
+    """Standard-normal noise (G, T) for one whole item, on the CPU (what :class:`Synthesizer`
+    draws piece by piece)."""
+    _, groups, steps = model.noise_shape(1, frames)
+    return noise_steps(noise_seed(seed, key), groups, 0, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +178,48 @@ def plan_batches(pieces: list[Piece], options: BatchOptions) -> list[list[Piece]
     return batches
 
 
+def plan_in_order(pieces: list[Piece], options: BatchOptions) -> list[list[Piece]]:
+    """Pieces of long items in (item, start) order, consecutive ones grouped within both limits:
+    each item's audio then completes front to back and only a batch's worth is ever held."""
+    batches: list[list[Piece]] = []
+    for piece in sorted(pieces, key=lambda p: (p.item, p.start)):
+        if batches:
+            batch = batches[-1]
+            longest = max(piece.frames, max(p.frames for p in batch))
+            if len(batch) < options.batch_size and longest * (len(batch) + 1) <= options.batch_frames:
+                batch.append(piece)
+                continue
+        batches.append([piece])
+    return batches
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
+
+
+# glibc's mallopt parameter, and the size from which every allocation gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 4 * 1024**2
+
+
+def return_freed_memory_promptly() -> bool:
+    """Make glibc give large freed blocks back to the system at once (a fixed mmap threshold of
+    4 MiB).  By default glibc raises that threshold as large blocks are freed, after which
+    tensors of up to 32 MiB come from the heap and stay resident once freed: a long synthesis,
+    which frees and reallocates such tensors for every piece, then settles ~150 MB higher (one
+    hour of mel with a tiny model: 644 MiB instead of 494).  Process-wide, so it is called by
+    the ``synth`` command, not by the library.  Returns whether it took effect (glibc only)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -196,20 +285,66 @@ def pick_dtype(precision: str, device: torch.device, sigma: float | None = None)
     return table[precision]
 
 
+class StreamingDenoiser:
+    """The denoiser applied to a signal that arrives in blocks, equal to denoising it whole.
+
+    The denoiser's STFT (window ``n_fft``, hop ``hop``, centred, reflect-padded at the signal's
+    ends) makes each output sample depend on the input within ``n_fft`` samples of it.  A stretch
+    [a, b) is therefore denoised from the input [a - context, b + context) (clipped to the
+    signal), cut at multiples of the hop so the frames fall where they fall in the whole signal,
+    and only [a, b) is kept: the frames that see the cut edges touch nothing kept.  Memory is one
+    block plus 2 x ``context`` samples, whatever the signal's length."""
+
+    def __init__(self, denoise: Denoise, strength: float, total: int, device: torch.device,
+                 n_fft: int = 1024, hop: int = 256) -> None:
+        self.denoise, self.strength, self.total, self.device = denoise, strength, total, device
+        self.hop = hop
+        self.context = (n_fft // hop + 1) * hop  # a multiple of the hop, more than n_fft
+        self.buffer = np.zeros(0, dtype=np.float32)  # input samples [self.start, received)
+        self.start = 0
+        self.emitted = 0  # output samples [0, emitted) have been returned
+
+    def push(self, block: np.ndarray) -> np.ndarray | None:
+        """Add the next input samples; returns the next output samples that are now final."""
+        self.buffer = np.concatenate([self.buffer, np.asarray(block, dtype=np.float32)])
+        received = self.start + self.buffer.size
+        if received >= self.total:
+            end = self.total
+        else:
+            end = (received - self.context) // self.hop * self.hop
+            if end <= self.emitted:
+                return None
+        lo = max(0, self.emitted - self.context)  # a multiple of the hop
+        segment = torch.from_numpy(self.buffer[lo - self.start:]).to(self.device)
+        cleaned = self.denoise(segment[None], self.strength)[0].float().cpu().numpy()
+        out = cleaned[self.emitted - lo:end - lo]
+        self.emitted = end
+        keep = max(0, end - self.context)
+        self.buffer = self.buffer[keep - self.start:].copy()
+        self.start = keep
+        return out
+
+
 @dataclass
-class _Pending:
+class _Item:
+    """One item in flight: its pieces' audio is handed on front to back."""
+
     key: str
     frames: int
-    z: torch.Tensor
-    mel: torch.Tensor
-    audio: np.ndarray
-    remaining: int
-    error: Exception | None = None
+    mel: MelLike
+    seed: int
+    samples: int                      # frames * hop, whole groups
+    ends: dict[int, int]              # piece start frame -> its end frame
+    next_frame: int = 0               # output frames [0, next_frame) have been handed on
+    held: dict[int, np.ndarray] = field(default_factory=dict)  # finished out of order
+    denoiser: StreamingDenoiser | None = None
+    closed: bool = False              # its last event was yielded
 
 
 @dataclass
 class Synthesizer:
-    """Batched, chunked synthesis of many items; yields each item's audio when it is complete."""
+    """Batched, chunked synthesis of many items, streamed: :meth:`stream` hands on each item's
+    audio front to back as its pieces finish; :meth:`run` gives whole items."""
 
     model: WaveGlow
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
@@ -224,80 +359,117 @@ class Synthesizer:
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
-    def run(self, items: Iterable[tuple[str, np.ndarray]]
+    def run(self, items: Iterable[tuple[str, MelLike]]
             ) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """``items`` are (key, (n_mels, frames) float32 mel); yields (key, float32 audio of
         frames * hop samples, not clipped) or (key, the exception that failed it)."""
-        pending: dict[int, _Pending] = {}
-        pieces: list[Piece] = []
+        parts: dict[str, list[np.ndarray]] = {}
+        for key, block, done in self.stream(items):
+            if isinstance(block, Exception):
+                parts.pop(key, None)
+                yield key, block
+                continue
+            parts.setdefault(key, []).append(block)
+            if done:
+                yield key, np.concatenate(parts.pop(key)).astype(np.float32, copy=False)
+
+    def stream(self, items: Iterable[tuple[str, MelLike]], cancelled: Container[str] = ()
+               ) -> Iterator[Event]:
+        """Yields (key, audio block, done) events: each item's blocks in order and together
+        (no other item's events between an item's first and last), ending with ``done`` True;
+        a failed item yields (key, exception, True) once instead.  The blocks join to exactly
+        what :meth:`run` gives.  Keys in ``cancelled`` (the caller gave up on them) are not
+        computed further."""
+        config = self.model.config
+        state: dict[int, _Item] = {}
+        whole: list[Piece] = []
+        chunked: list[Piece] = []
         for index, (key, mel) in enumerate(items):
             frames = int(mel.shape[1])
             max_frames = self.batch.max_frames if self.can_chunk else max(frames, 1)
-            item_pieces = plan_pieces(index, frames, max_frames, self.margin)
-            pending[index] = _Pending(
-                key, frames, item_noise(self.model, frames, self.options.seed, key),
-                torch.as_tensor(mel, dtype=torch.float32),
-                np.zeros(frames * self.model.config.hop_length // self.model.config.n_group
-                         * self.model.config.n_group, dtype=np.float32),
-                len(item_pieces))
-            pieces += item_pieces
-        for batch in plan_batches(pieces, self.batch):
-            yield from self._run_batch(batch, pending)
+            pieces = plan_pieces(index, frames, max_frames, self.margin)
+            samples = frames * config.hop_length // config.n_group * config.n_group
+            item = _Item(key, frames, mel, noise_seed(self.options.seed, key), samples,
+                         {p.start: p.end for p in pieces})
+            if self.denoiser is not None and self.options.denoiser_strength > 0:
+                item.denoiser = StreamingDenoiser(self.denoiser, self.options.denoiser_strength,
+                                                  samples, self.device)
+            state[index] = item
+            (whole if len(pieces) == 1 else chunked).extend(pieces)
+        for batch in plan_batches(whole, self.batch) + plan_in_order(chunked, self.batch):
+            batch = [p for p in batch
+                     if not state[p.item].closed and state[p.item].key not in cancelled]
+            if batch:
+                yield from self._run_batch(batch, state)
 
-    def _run_batch(self, batch: list[Piece], pending: dict[int, _Pending]
-                   ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+    def _run_batch(self, batch: list[Piece], state: dict[int, _Item]) -> Iterator[Event]:
         try:
-            outputs = self._infer_with_retry(batch, pending)
+            outputs = self._infer_with_retry(batch, state)
         except Exception as e:  # noqa: BLE001 - an item's failure must not stop the others
             outputs = [e] * len(batch)
-        for piece, out in zip(batch, outputs):
-            item = pending[piece.item]
+        hop = self.model.config.hop_length
+        for piece, out in sorted(zip(batch, outputs), key=lambda pair: (pair[0].item, pair[0].start)):
+            item = state[piece.item]
+            if item.closed:
+                continue
             if isinstance(out, Exception):
-                item.error = item.error or out
-            else:
-                hop = self.model.config.hop_length
-                target = item.audio[piece.start * hop:piece.end * hop]
-                source = out[(piece.start - piece.lo) * hop:][:target.size]
-                target[:source.size] = source
-            item.remaining -= 1
-            if item.remaining == 0:
-                del pending[piece.item]
-                yield item.key, item.error if item.error else self._finish(item.audio)
+                item.closed = True
+                yield item.key, out, True
+                continue
+            stop = min(piece.end * hop, item.samples)
+            item.held[piece.start] = np.array(
+                out[(piece.start - piece.lo) * hop:][:max(0, stop - piece.start * hop)],
+                dtype=np.float32)
+            yield from self._hand_on(item)
 
-    def _finish(self, audio: np.ndarray) -> np.ndarray:
-        if self.denoiser is not None and self.options.denoiser_strength > 0:
-            tensor = torch.from_numpy(audio).to(self.device)
-            audio = self.denoiser(tensor[None], self.options.denoiser_strength)[0].cpu().numpy()
-        return audio
+    def _hand_on(self, item: _Item) -> Iterator[Event]:
+        """Yield the item's audio that is now complete from the front, in order."""
+        while item.next_frame in item.held:
+            block = item.held.pop(item.next_frame)
+            item.next_frame = item.ends[item.next_frame]
+            last = item.next_frame >= item.frames
+            try:
+                if item.denoiser is not None:
+                    block = item.denoiser.push(block)
+            except Exception as e:  # noqa: BLE001 - this item fails, the others go on
+                item.closed = True
+                yield item.key, e, True
+                return
+            if block is not None and (block.size or last):
+                yield item.key, block, last
+            elif last:
+                yield item.key, np.zeros(0, dtype=np.float32), True
+            if last:
+                item.closed = True
 
-    def _infer_with_retry(self, batch: list[Piece], pending: dict[int, _Pending]
+    def _infer_with_retry(self, batch: list[Piece], state: dict[int, _Item]
                           ) -> list[np.ndarray | Exception]:
         """Run a batch; on CUDA out-of-memory, halve it and try again."""
         try:
-            return self._infer(batch, pending)
+            return self._infer(batch, state)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(batch) == 1:
                 return [MemoryError("out of GPU memory even for a batch of one; lower --max-frames")]
             half = len(batch) // 2
-            return (self._infer_with_retry(batch[:half], pending)
-                    + self._infer_with_retry(batch[half:], pending))
+            return (self._infer_with_retry(batch[:half], state)
+                    + self._infer_with_retry(batch[half:], state))
 
     @torch.inference_mode()
-    def _infer(self, batch: list[Piece], pending: dict[int, _Pending]) -> list[np.ndarray]:
+    def _infer(self, batch: list[Piece], state: dict[int, _Item]) -> list[np.ndarray]:
         config = self.model.config
-        steps_per_frame = config.hop_length // config.n_group
         longest = max(p.frames for p in batch)
         mel = torch.zeros(len(batch), config.n_mel_channels, longest)
-        z = torch.zeros(self.model.noise_shape(len(batch), longest))
+        _, groups, steps = self.model.noise_shape(len(batch), longest)
+        z = torch.zeros(len(batch), groups, steps)
         for row, piece in enumerate(batch):
-            item = pending[piece.item]
-            mel[row, :, :piece.frames] = item.mel[:, piece.lo:piece.hi]
-            if self.can_chunk:
-                z[row, :, :piece.frames * steps_per_frame] = \
-                    item.z[:, piece.lo * steps_per_frame:piece.hi * steps_per_frame]
-            else:  # whole items only
-                z[row, :, :item.z.size(1)] = item.z
+            item = state[piece.item]
+            # Only this piece's frames are read (a memory-mapped mel stays on disk).
+            mel[row, :, :piece.frames] = torch.from_numpy(
+                np.asarray(item.mel[:, piece.lo:piece.hi], dtype=np.float32))
+            _, _, lo = self.model.noise_shape(1, piece.lo)
+            _, _, hi = self.model.noise_shape(1, piece.hi)
+            z[row, :, :hi - lo] = noise_steps(item.seed, groups, lo, hi)
         lengths = torch.tensor([p.frames for p in batch])
         mask_lengths = None if len(batch) == 1 else lengths
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:

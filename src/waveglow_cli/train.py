@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from .audio_io import AUDIO_SUFFIXES, atomic_write, prepare_audio, read_audio
-from .errors import AudioFileError, InputFileError, UsageError, WaveGlowError
+from .errors import AudioFileError, InputFileError, UsageError, WaveGlowError, printable
+from .fileio import remove_stale_parts
 from .mel import MelConfig, mel_spectrogram
 from .model import WaveGlow, WaveGlowConfig, waveglow_loss
 from .settings import Shard
@@ -249,7 +250,7 @@ def state_path(run_dir: Path, step: int) -> Path:
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, "utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, "utf-8"), overwrite=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -410,7 +411,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         self.segment_length = segment_length
         self.seed = seed
         self.min_samples = min_samples
-        self.note = note or (lambda text: print(f"note: {text}", file=sys.stderr))
+        self.note = note or (lambda text: print(printable(f"note: {text}"), file=sys.stderr))
         self.bad: set[int] = set()
 
     def __len__(self) -> int:  # the stream is endless; this is one epoch
@@ -578,11 +579,11 @@ class Reporter:
 
     def note(self, text: str) -> None:
         if self.enabled and not self.quiet:
-            self.console.out(f"note: {text}")
+            self.console.out(printable(f"note: {text}"))  # file names: escape controls
 
     def line(self, text: str) -> None:
         if self.enabled and not self.quiet:
-            self.console.out(text)
+            self.console.out(printable(text))
 
     def open_metrics(self, path: Path) -> None:
         if self.enabled:
@@ -635,7 +636,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     text = "".join(f"{line}\n" for line in kept)
-    atomic_write(path, lambda tmp: tmp.write_text(text, "utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, "utf-8"), overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -862,6 +863,7 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
     last_saved = model_path(run_dir, resume_step) if resume_step is not None else None
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(run_dir)  # half-written files of a killed run (dead pid only)
         record = {"options": {**{name: getattr(options, name) for name in RESUMABLE},
                               # the model's own (from --from or the checkpoint), not the
                               # flags' defaults
@@ -1034,7 +1036,7 @@ def save_checkpoint_set(run_dir: Path, step: int, model: WaveGlow, optimizer: to
              "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler.is_enabled() else None,
              "rng": _rng_state()}
-    atomic_write(state_path(run_dir, step), lambda tmp: torch.save(state, tmp))
+    atomic_write(state_path(run_dir, step), lambda tmp: torch.save(state, tmp), overwrite=True)
     model.refresh_inverses()  # the inverses follow the weights (they are not saved)
     target = save_checkpoint(model_path(run_dir, step), model,
                              sample_rate=mel_config.sample_rate, mel=mel_config.to_dict(),

@@ -193,7 +193,7 @@ def test_truncated_checkpoint(tmp_path, tiny_reference, legacy):
     (b"\n  <html><body>Too many users have viewed or downloaded this file", "HTML page"),
     (os.urandom(4096), "not a WaveGlow checkpoint"),
     (b"PK\x03\x04" + os.urandom(200), "corrupt"),
-])
+], ids=["empty", "html-quota", "html-too-many", "random", "zip-garbage"])
 def test_not_a_checkpoint(tmp_path, content, reason):
     path = tmp_path / "waveglow_256channels_universal_v5.pt"
     path.write_bytes(content)

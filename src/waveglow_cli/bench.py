@@ -81,11 +81,23 @@ def _sync(device: torch.device) -> None:
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
     """The best of repeated large square matrix products, in FLOP/s (the device's peak in
     ``dtype`` as far as a plain ``torch.mm`` reaches it)."""
-    n = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)
-    _sync(device)
+    # Grow the matrices until one product takes ~50 ms (up to 2048 on a CPU, 8192 on a GPU):
+    # large enough to reach the peak where the dtype is native, and bounded in time where it is
+    # emulated (bf16 on a CPU without AMX/AVX512-BF16 is ~100x slower; a fixed 2048 took
+    # minutes there).
+    largest = 2048 if device.type == "cpu" else 8192
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        torch.mm(a, b)
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        if n >= largest or time.perf_counter() - start >= 0.05:
+            break
+        n *= 2
     best, deadline = float("inf"), time.perf_counter() + seconds
     runs = 0
     while runs < 3 or time.perf_counter() < deadline:

@@ -24,7 +24,6 @@ import os
 import re
 import stat
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

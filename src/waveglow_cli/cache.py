@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import stat
 import time
@@ -33,6 +32,7 @@ from .download import (RetryPolicy, Source, _Reporter, default_progress, downloa
                        partial_path, sha256_file)
 from .errors import (CheckpointError, CheckpointNotAvailableError, ChecksumMismatchError,
                      UsageError)
+from .fileio import atomic_write
 from .registry import RegistryEntry
 from .settings import Settings
 
@@ -144,18 +144,11 @@ def read_metadata(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically replace ``path``; the file is created with mode 0666 minus the umask (an
-    ordinary file, like the downloads beside it), never a private 0600 temp file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomically replace ``path`` through :func:`fileio.atomic_write`: the umask's mode (an
+    ordinary file, like the downloads beside it), and a pid-tagged temporary name that a later
+    run removes if this process is killed mid-write."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
 
 def sources_for(entry: RegistryEntry, settings: Settings) -> list[Source]:

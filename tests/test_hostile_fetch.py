@@ -477,6 +477,26 @@ def test_cli_verify_offline_with_a_damaged_record(cached_home, tmp_path):
     assert read_metadata(entry, s)["sha256"] == good["sha256"]
 
 
+def test_a_killed_fetchs_temporary_record_is_removed_by_the_next_fetch(cached_home, tmp_path):
+    """A fetch killed while writing metadata.json leaves a hidden temporary file in the cache
+    folder; the next fetch that writes there (a download, --force, --verify; a plain fetch of
+    a cached checkpoint only reads) removes it (its process is gone), and never a live
+    process's temporary file."""
+    from waveglow_cli.fileio import part_name
+
+    s = copy_cache(cached_home, tmp_path)
+    entry = entry_of(s, "tiny")
+    folder = cache_paths(entry, s).folder
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()   # reaped: its pid names no process now
+    stale = folder / part_name("metadata.json", child.pid)
+    live = folder / part_name("metadata.json", os.getpid())
+    stale.write_text("{")
+    live.write_text("{")
+    fetch_checkpoint(entry, s, verify=True)
+    assert not stale.exists() and live.exists()
+
+
 def test_cache_records_honour_the_umask(cached_home, tmp_path):
     """metadata.json was written through mkstemp, mode 0600 whatever the umask; it is an
     ordinary file like the checkpoint beside it (0644 under umask 022)."""

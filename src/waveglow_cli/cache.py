@@ -32,7 +32,7 @@ from .download import (RetryPolicy, Source, _Reporter, default_progress, downloa
                        partial_path, sha256_file)
 from .errors import (CheckpointError, CheckpointNotAvailableError, ChecksumMismatchError,
                      UsageError)
-from .fileio import atomic_write
+from .fileio import atomic_write, remove_stale_parts
 from .registry import RegistryEntry
 from .settings import Settings
 
@@ -330,6 +330,9 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
     problem = ""
     with _Lock(paths.lock, entry.name, reporter, stall_timeout=settings.limits.lock_timeout,
                watch=paths.folder):
+        # Temporary records a killed fetch was writing (dead pids only); the lock-free cached
+        # path above only reads, so cleaning up belongs here, where we write.
+        remove_stale_parts(paths.folder)
         if verify and paths.usable is not None:
             problem, fixed = _verify(entry, settings, paths)
             if fixed:

@@ -12,7 +12,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from .audio_io import LazyMel, open_input, prepare_audio, read_audio, read_mel, sniff
+from .audio_io import LazyMel, open_input, peek, prepare_audio, read_audio, read_mel, sniff
 from .checkpoint import Checkpoint, read_checkpoint
 from .errors import AudioFileError, MelFileError
 from .mel import MelConfig, mel_spectrogram
@@ -117,12 +117,7 @@ def load_synthesis_input(source: str | os.PathLike[str] | bytes | IO[bytes], nam
 
 def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: str, lazy: bool
                ) -> tuple[np.ndarray | LazyMel, list[str]]:
-    try:
-        head = f.read(64)
-        f.seek(0)
-    except OSError as e:
-        raise MelFileError(name, f"cannot read: {e.strerror or e}") from None
-    if sniff(head) == "audio":
+    if sniff(peek(f, name, MelFileError)) == "audio":
         return audio_to_mel(f, config, name)
     notes: list[str] = []
     mel = read_mel(f, name, n_mels=config.n_mels, layout=layout, scale=scale, notes=notes,

@@ -224,7 +224,7 @@ def read_mel(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | Non
     return mel if lazy else np.asarray(mel)
 
 
-def _peek(f: IO[bytes], name: str, error: type[InputFileError]) -> bytes:
+def peek(f: IO[bytes], name: str, error: type[InputFileError]) -> bytes:
     """The first 64 bytes (to sniff the format), the file left at its start; an empty or
     unreadable file is ``error(name, reason)``."""
     try:
@@ -239,7 +239,7 @@ def _peek(f: IO[bytes], name: str, error: type[InputFileError]) -> bytes:
 
 def _read_mel_from(f: IO[bytes], name: str, n_mels: int | None, layout: str, scale: str,
                    notes: list[str] | None) -> LazyMel:
-    head = _peek(f, name, MelFileError)
+    head = peek(f, name, MelFileError)
     kind = sniff(head)
     mapping = None
     if kind == "npy":
@@ -509,7 +509,7 @@ def read_audio(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | N
 def _read_audio_from(f: IO[bytes], name: str) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    head = _peek(f, name, AudioFileError)
+    head = peek(f, name, AudioFileError)
     try:
         samples, rate = sf.read(f, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:

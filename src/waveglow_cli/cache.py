@@ -32,7 +32,7 @@ from .download import (RetryPolicy, Source, _Reporter, default_progress, downloa
                        partial_path, sha256_file)
 from .errors import (CheckpointError, CheckpointNotAvailableError, ChecksumMismatchError,
                      UsageError)
-from .fileio import atomic_write, remove_stale_parts
+from .fileio import remove_stale_parts, write_json
 from .registry import RegistryEntry
 from .settings import Settings
 
@@ -141,14 +141,6 @@ def read_record(entry: RegistryEntry, settings: Settings) -> tuple[dict[str, Any
 def read_metadata(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
     """The checkpoint's record, its damaged fields left out ({} when absent or unreadable)."""
     return read_record(entry, settings)[0]
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically replace ``path`` through :func:`fileio.atomic_write`: the umask's mode (an
-    ordinary file, like the downloads beside it), and a pid-tagged temporary name that a later
-    run removes if this process is killed mid-write."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
 
 def sources_for(entry: RegistryEntry, settings: Settings) -> list[Source]:
@@ -304,7 +296,7 @@ def _convert_and_record(entry: RegistryEntry, settings: Settings, paths: CachePa
         "safetensors": paths.converted.name if checkpoint is not None else None,
         "safetensors_sha256": sha256_file(paths.converted) if checkpoint is not None else None,
     }
-    _write_json(paths.metadata, meta)
+    write_json(paths.metadata, meta)
     return meta
 
 
@@ -459,7 +451,7 @@ def _verify(entry: RegistryEntry, settings: Settings, paths: CachePaths) -> tupl
             return "", ""
         meta.update(safetensors=paths.converted.name, safetensors_sha256=got,
                     name=entry.name)
-        _write_json(paths.metadata, meta)
+        write_json(paths.metadata, meta)
         return "", fixed(f"{paths.converted.name} loads as a WaveGlow; recorded its sha256 {got}"
                          + (f" (the record said {recorded})" if recorded else ""))
     size = paths.original.stat().st_size
@@ -487,7 +479,7 @@ def _verify(entry: RegistryEntry, settings: Settings, paths: CachePaths) -> tupl
             # The published bytes: keep them; loading them says what is wrong.
             meta.update(name=entry.name, file=paths.original.name, size=size, sha256=digest,
                         sha256_published=True)
-            _write_json(paths.metadata, meta)
+            write_json(paths.metadata, meta)
             return "", fixed(f"{paths.original.name} matches the published sha256 but does not "
                              f"load as a WaveGlow ({e.reason})")
         return (f"{paths.original.name} has sha256 {digest}"

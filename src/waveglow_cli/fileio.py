@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -241,6 +242,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
     return target
 
 
+def write_json(path: str | os.PathLike[str], data: object) -> Path:
+    """``data`` as indented, key-sorted JSON, atomically replacing ``path`` (records and run
+    files: always rewritten in place)."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+
+
 # Errors of os.link that mean "this filesystem has no hard links" (FAT, some FUSE and network
 # filesystems), not "the name is taken".
 _NO_HARD_LINKS = frozenset(e for e in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS,
@@ -313,5 +321,5 @@ def _rename_noreplace(tmp: Path, target: Path) -> bool:
     raise OSError(code, os.strerror(code), str(target))
 
 
-__all__ = ["atomic_write", "remove_stale_parts", "part_name", "new_file_mode", "current_umask",
+__all__ = ["atomic_write", "write_json", "remove_stale_parts", "part_name", "new_file_mode", "current_umask",
            "refuse_non_regular", "describe_os_error", "PART_SUFFIX"]

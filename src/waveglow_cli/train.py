@@ -49,7 +49,7 @@ import torch
 
 from .audio_io import AUDIO_SUFFIXES, atomic_write, prepare_audio, read_audio
 from .errors import AudioFileError, InputFileError, UsageError, WaveGlowError, printable
-from .fileio import remove_stale_parts
+from .fileio import remove_stale_parts, write_json
 from .mel import MelConfig, mel_spectrogram
 from .model import WaveGlow, WaveGlowConfig, waveglow_loss
 from .settings import Shard
@@ -246,11 +246,6 @@ def model_path(run_dir: Path, step: int) -> Path:
 
 def state_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"step_{step:06d}.state.pt"
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, "utf-8"), overwrite=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -878,7 +873,7 @@ def _run(options: TrainOptions, dist: Shard, run_dir: Path, saved: dict[str, Any
         record["options"]["data"] = [str(Path(p).expanduser().resolve()) for p in options.data]
         if options.val is not None and Path(options.val).exists():
             record["options"]["val"] = str(Path(options.val).expanduser().resolve())
-        _write_json_atomic(run_dir / RUN_FILE, record)
+        write_json(run_dir / RUN_FILE, record)
         truncate_metrics(run_dir / METRICS_FILE, step)
         report.open_metrics(run_dir / METRICS_FILE)
         if options.tensorboard:

@@ -33,7 +33,6 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import soundfile
@@ -82,6 +81,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="waveglow-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     from waveglow_cli.bench import random_model, synthetic_mel
+    from waveglow_cli.model import WaveGlowConfig
     from waveglow_cli.synthesis import item_noise
 
     if args.checkpoint:
@@ -98,8 +98,9 @@ def main() -> None:
     np.save(mel_path, synthetic_mel(n_mels, frames))
     mel = torch.from_numpy(np.load(mel_path))[None]
     # The noise `waveglow synth --seed SEED` draws for this file (its key is the file name).
-    shape = SimpleNamespace(noise_shape=lambda b, f: (b, group, f * hop // group))
-    z = item_noise(shape, frames, SEED, mel_path.name)[None]
+    config = WaveGlowConfig(n_mel_channels=n_mels, n_group=group, hop_length=hop,
+                            upsample_kernel=model.upsample.kernel_size[0])
+    z = item_noise(config, frames, SEED, mel_path.name)[None]
 
     env = {**os.environ, "WAVEGLOW_OFFLINE": "1"}
     synth = [sys.executable, "-m", "waveglow_cli", "synth", str(mel_path), "-c", str(checkpoint),

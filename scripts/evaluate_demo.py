@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waveglow_cli.api import open_checkpoint
 from waveglow_cli.audio_io import prepare_audio, read_audio
 from waveglow_cli.mel import mel_spectrogram
 from waveglow_cli.quality import NATS_TO_DB, log_mel_distance, snr_db
 from waveglow_cli.settings import Settings
 from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+from waveglow_cli.vocoder import load_vocoder
 
 
 def griffin_lim(mel: np.ndarray, config) -> np.ndarray:
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
-    exact = open_checkpoint(args.checkpoint, "cpu", settings)
-    fast = open_checkpoint(args.checkpoint, "cpu", settings, dtype=torch.bfloat16)
+    exact = load_vocoder(args.checkpoint, "cpu", settings=settings)
+    fast = load_vocoder(args.checkpoint, "cpu", torch.bfloat16, settings=settings)
     config = exact.mel_config
     clips = sorted(p for c in args.clips for p in ([c] if c.is_file() else sorted(c.rglob("*.*")))
                    if p.suffix.lower() in (".wav", ".flac", ".ogg"))
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         audios.append(prepare_audio(samples, rate, config.sample_rate, str(path))[0])
     mels = [(p.name, mel_spectrogram(a, config)[0].numpy()) for p, a in zip(clips, audios)]
     options = SynthesisOptions(sigma=args.sigma, seed=args.seed)
-    out_fp32 = dict(Synthesizer(exact.model, options, BatchOptions()).run(mels))
-    out_bf16 = dict(Synthesizer(fast.model, options, BatchOptions()).run(mels))
-    wrong = dict(Synthesizer(exact.model, options, BatchOptions()).run(
+    out_fp32 = dict(Synthesizer(exact.engine, options, BatchOptions()).run(mels))
+    out_bf16 = dict(Synthesizer(fast.engine, options, BatchOptions()).run(mels))
+    wrong = dict(Synthesizer(exact.engine, options, BatchOptions()).run(
         [(name, mels[(i + 1) % len(mels)][1]) for i, (name, _) in enumerate(mels)]))
     rows = []
     for (name, mel), audio in zip(mels, audios):

@@ -54,3 +54,27 @@ def test_score_is_nvidias_loss_plus_the_gaussian_constant(vocoder, tiny_referenc
     assert score.samples == 5000 // 8 * 8
     # louder noise is less likely under the model
     assert vocoder.score(10 * audio).loss > score.loss
+
+
+def test_one_loader_engine_settings_and_the_fast_path(tiny_checkpoint, vocoder, tmp_path):
+    """load_vocoder is the one loader: device positionally, settings passed in (nothing read
+    from the environment), the engine chosen once; scoring a bf16 CPU vocoder (whose fast path
+    holds no module) uses a float32 model, so it equals the float32 score."""
+    from waveglow_cli import load_vocoder
+    from waveglow_cli.engine import EagerEngine
+    from waveglow_cli.settings import Settings
+
+    settings = Settings.from_env({"WAVEGLOW_HOME": str(tmp_path), "WAVEGLOW_OFFLINE": "1"})
+    exact = load_vocoder(str(tiny_checkpoint), "cpu", settings=settings)
+    assert isinstance(exact.engine, EagerEngine) and exact.engine.model is exact.model
+    assert exact.device == torch.device("cpu") and exact.dtype == torch.float32
+    assert exact.config.n_mel_channels == TINY["n_mel_channels"] == exact.mel_config.n_mels
+    assert exact.denoiser is None
+    audio = 0.1 * torch.randn(3000, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(exact.mel(audio), vocoder.mel(audio))
+
+    fast = load_vocoder(str(tiny_checkpoint), "cpu", precision="bf16", settings=settings,
+                        denoise=True)
+    assert fast.dtype == torch.bfloat16 and fast.denoiser is not None
+    assert fast.score(audio) == exact.score(audio)
+    assert fast(torch.zeros(TINY["n_mel_channels"], 5), sigma=0.0).shape == (5 * 256,)

@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 
 from conftest import run_cli
-from waveglow_cli.api import open_checkpoint
 from waveglow_cli.mel import mel_spectrogram
 from waveglow_cli.quality import log_mel_distance, snr_db
 from waveglow_cli.settings import Settings
 from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+from waveglow_cli.vocoder import load_vocoder
 
 HELD_OUT = sorted((Path(__file__).parent / "data" / "heldout_speech").glob("*.flac"))
 # Measured on these clips (docs/demo-model.md): 0.88-1.44 nats per clip at sigma 0.6 (mean
@@ -68,12 +68,12 @@ def test_bf16_fast_path_quality_on_trained_weights(tmp_path):
     demo model."""
     settings = Settings(home=tmp_path / "home", registry_file=None, offline=True, mirror=None,
                         debug=False)
-    exact = open_checkpoint("demo", "cpu", settings)
-    fast = open_checkpoint("demo", "cpu", settings, dtype=torch.bfloat16)
+    exact = load_vocoder("demo", "cpu", settings=settings)
+    fast = load_vocoder("demo", "cpu", torch.bfloat16, settings=settings)
     items = [(p.name, mel_spectrogram(read(p))[0].numpy()) for p in HELD_OUT]
     options = SynthesisOptions(sigma=0.6, seed=0)
-    reference = dict(Synthesizer(exact.model, options, BatchOptions()).run(items))
-    reduced = dict(Synthesizer(fast.model, options, BatchOptions()).run(items))
+    reference = dict(Synthesizer(exact.engine, options, BatchOptions()).run(items))
+    reduced = dict(Synthesizer(fast.engine, options, BatchOptions()).run(items))
     for name, audio in reference.items():
         assert snr_db(audio, reduced[name]) >= BF16_MIN_SNR_DB, name
 
@@ -84,13 +84,13 @@ def test_the_right_mel_beats_a_wrong_one(tmp_path):
     the first demo model, failed)."""
     settings = Settings(home=tmp_path / "home", registry_file=None, offline=True, mirror=None,
                         debug=False)
-    model = open_checkpoint("demo", "cpu", settings).model
+    engine = load_vocoder("demo", "cpu", settings=settings).engine
     audios = [read(p) for p in HELD_OUT]
     mels = [mel_spectrogram(a)[0].numpy() for a in audios]
     options = SynthesisOptions(sigma=0.6, seed=0)
-    right = dict(Synthesizer(model, options, BatchOptions()).run(
+    right = dict(Synthesizer(engine, options, BatchOptions()).run(
         [(str(i), mel) for i, mel in enumerate(mels)]))
-    wrong = dict(Synthesizer(model, options, BatchOptions()).run(
+    wrong = dict(Synthesizer(engine, options, BatchOptions()).run(
         [(str(i), mels[(i + 1) % len(mels)]) for i in range(len(mels))]))
     for i, (path, audio) in enumerate(zip(HELD_OUT, audios)):
         own = log_mel_distance(audio, right[str(i)])

@@ -29,7 +29,8 @@ from waveglow_cli.cache import cache_paths, cached_file, fetch_checkpoint, read_
 from waveglow_cli.download import RetryPolicy, confirmation_request, download
 from waveglow_cli.errors import (CheckpointError, CheckpointNotAvailableError,
                                  ChecksumMismatchError, DownloadError, UnknownCheckpointError)
-from waveglow_cli.registry import Registry, ensure_checkpoint
+from waveglow_cli.cache import ensure_checkpoint
+from waveglow_cli.registry import Registry
 from waveglow_cli.settings import Settings
 
 FAST = RetryPolicy(connect_timeout=2.0, read_timeout=0.5, retries=3, backoff=0.01,
@@ -546,24 +547,47 @@ def test_low_level_download_reports_progress(srv, tmp_path):
     assert sum(seen) == len(srv.data) and got.sha256 == srv.sha
 
 
+def test_progress_is_passed_in_never_installed(srv, tmp_path, capsys):
+    """What ensure_checkpoint is given hears the transfer and the notes; given nothing, a
+    fetch reports nothing (there is no process-wide default to fall back on)."""
+    class Recorder:
+        def __init__(self) -> None:
+            self.received, self.notes = 0, []
+
+        def update(self, advance: int) -> None:
+            self.received += advance
+
+        def note(self, text: str) -> None:
+            self.notes.append(text)
+
+    url = f"{srv.base}/files/{NAME}"
+    s = make_settings(tmp_path, {"tiny": {"urls": [url]}, "again": {"urls": [url]}})
+    seen = Recorder()
+    ensure_checkpoint("tiny", s, seen)
+    assert seen.received == len(srv.data)
+    assert any(n.startswith("tiny: downloaded") for n in seen.notes)
+    ensure_checkpoint("again", s)
+    assert capsys.readouterr() == ("", "")
+
+
 # ---------------------------------------------------------------------------------------------
 # Resolution, offline, verify
 
 
 def test_first_use_fetches_then_offline_needs_no_network(srv, tmp_path, monkeypatch):
-    from waveglow_cli.api import open_checkpoint
+    from waveglow_cli.vocoder import load_vocoder
 
     s = make_settings(tmp_path, {"tiny": {"urls": [f"{srv.base}/files/{NAME}"],
                                           "aliases": ["tiny-alias"]}})
-    vocoder = open_checkpoint("tiny-alias", "cpu", s)   # not cached: downloaded on first use
-    assert vocoder.model.config.n_flows == TINY["n_flows"]
+    vocoder = load_vocoder("tiny-alias", "cpu", settings=s)  # not cached: fetched on first use
+    assert vocoder.config.n_flows == TINY["n_flows"]
     assert len(srv.requests()) == 1
 
     offline = Settings(**{**s.__dict__, "offline": True})
     # Never unpickles again: the safetensors copy is what a name resolves to.
     monkeypatch.setattr(checkpoint_module, "_read_torch_pickle",
                         lambda *a: pytest.fail("unpickled a cached checkpoint"))
-    assert open_checkpoint("tiny", "cpu", offline).model.config == vocoder.model.config
+    assert load_vocoder("tiny", "cpu", settings=offline).config == vocoder.config
     assert fetch_checkpoint(entry_of(s, "tiny"), s).action == "cached"
     assert len(srv.requests()) == 1   # zero requests after the first download
 

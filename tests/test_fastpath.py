@@ -13,7 +13,8 @@ import torch
 from conftest import run_cli
 from waveglow_cli.bench import random_model, synthetic_mel
 from waveglow_cli.checkpoint import Checkpoint
-from waveglow_cli.fastpath import FastWaveGlow, fast_path_for, flops_per_sample
+from waveglow_cli.engine import EagerEngine, Engine, as_engine
+from waveglow_cli.fastpath import FastWaveGlow
 from waveglow_cli.quality import snr_db
 from waveglow_cli.model import WaveGlowConfig
 from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer, synthesize
@@ -114,43 +115,69 @@ def test_glow_old_semantics(inputs):
                  ) <= 1e-5 * float(expected.abs().max())
 
 
-def test_synthesizer_uses_the_fast_path_for_bf16_on_cpu(model, inputs):
-    """A bf16 CPU model built from a checkpoint carries a fast path folded from its float32
-    weights (float32 1x1 inverses); synthesis with it is close to float32 synthesis, batched
-    or not."""
+def test_checkpoint_engine_is_the_fast_path_for_bf16_on_cpu(model, inputs):
+    """A checkpoint opened for bf16 on the CPU gets the fast path, chosen once and folded from
+    its float32 weights (float32 1x1 inverses); synthesis with it is close to float32 synthesis,
+    batched or not."""
     checkpoint = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()})
-    bf16 = checkpoint.build_model("cpu", torch.bfloat16)
-    fast = fast_path_for(bf16)
-    assert fast is fast_path_for(bf16)  # prepared once, at load time
+    fast = checkpoint.engine("cpu", torch.bfloat16)
+    assert isinstance(fast, FastWaveGlow) and isinstance(fast, Engine)
+    assert fast.device == torch.device("cpu") and fast.dtype == torch.bfloat16
     assert fast.flows[0].inverse_t.dtype == torch.float32
+    assert isinstance(checkpoint.engine("cpu", torch.float32), EagerEngine)
     mel, _, lengths = inputs
     items = [(f"m{b}", mel[b, :, :f].numpy()) for b, f in enumerate(lengths.tolist())]
     options = SynthesisOptions(sigma=0.6, seed=4)
     exact = dict(Synthesizer(model, options).run(items))
     for batch_size in (1, 3):
-        fast_out = dict(Synthesizer(bf16, options, BatchOptions(batch_size=batch_size)).run(items))
+        runner = Synthesizer(fast, options, BatchOptions(batch_size=batch_size))
+        assert runner.engine is fast  # used as it is: not re-chosen per call
+        fast_out = dict(runner.run(items))
         for key, audio in exact.items():
             assert fast_out[key].shape == audio.shape
             assert snr_db(torch.from_numpy(audio), torch.from_numpy(fast_out[key])) >= BF16_SNR_DB
 
 
-def test_fast_path_follows_weight_changes(model):
-    """Loading other weights into a bf16 model invalidates the fast path prepared for it."""
-    checkpoint = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()})
-    bf16 = checkpoint.build_model("cpu", torch.bfloat16)
-    first = fast_path_for(bf16)
+def test_an_engine_folded_after_a_weight_change_has_the_new_weights(model):
+    """An engine holds the weights it was made from; one made after the weights changed (a bf16
+    model wrapped anew, or a checkpoint of the new weights) synthesises with the new ones."""
+    bf16 = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()}
+                      ).build_model("cpu", torch.bfloat16)
+    first = as_engine(bf16)
+    assert isinstance(first, FastWaveGlow)
     other = random_model(TINY, seed=9)
     bf16.load_state_dict({k: v.to(torch.bfloat16) for k, v in other.state_dict().items()})
-    assert fast_path_for(bf16) is not first
     mel = torch.from_numpy(synthetic_mel(TINY.n_mel_channels, 12))
-    a = synthesize(bf16, mel, SynthesisOptions(sigma=0.0))
     with torch.inference_mode():
-        b = other.infer(mel[None], 0.0)[0].numpy()
-    assert snr_db(torch.from_numpy(b), torch.from_numpy(a)) >= 30
+        expected = torch.from_numpy(other.infer(mel[None], 0.0)[0].numpy())
+    for engine in (bf16, Checkpoint(TINY, other.state_dict()).engine("cpu", torch.bfloat16)):
+        audio = synthesize(engine, mel, SynthesisOptions(sigma=0.0))
+        assert snr_db(expected, torch.from_numpy(audio)) >= 30
+    stale = synthesize(first, mel, SynthesisOptions(sigma=0.0))
+    assert snr_db(expected, torch.from_numpy(stale)) < 10
+
+
+def test_every_engine_satisfies_the_protocol_and_eager_is_the_model(model, inputs):
+    """The eager engine and the fast path are Engines; Synthesizer over the eager engine is
+    bit for bit Synthesizer over the float32 model (the engine only moves the mel)."""
+    eager = EagerEngine(model)
+    for engine in (eager, FastWaveGlow(model, torch.float32), as_engine(model)):
+        assert isinstance(engine, Engine)
+        assert engine.config == TINY and engine.device == torch.device("cpu")
+    assert isinstance(as_engine(model), EagerEngine) and as_engine(eager) is eager
+    assert eager.dtype == torch.float32 and eager.model is model
+    mel, _, lengths = inputs
+    items = [(f"m{b}", mel[b, :, :f].numpy()) for b, f in enumerate(lengths.tolist())]
+    options = SynthesisOptions(sigma=0.6, seed=4)
+    for batch in (BatchOptions(batch_size=1), BatchOptions(batch_size=3, max_frames=30)):
+        by_model = dict(Synthesizer(model, options, batch).run(items))
+        by_engine = dict(Synthesizer(eager, options, batch).run(items))
+        for key, audio in by_model.items():
+            assert np.array_equal(audio, by_engine[key])
 
 
 def test_flops_per_sample_of_the_published_model():
-    assert flops_per_sample(WaveGlowConfig()) == pytest.approx(20.3e6, rel=0.01)
+    assert WaveGlowConfig().flops_per_sample() == pytest.approx(20.3e6, rel=0.01)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -186,7 +213,7 @@ def test_synthetic_mel_range():
 def test_auto_precision_policy_of_synth(tiny_checkpoint, tmp_path):
     """`--precision auto`: float32 at sigma 0 (the mode compared with the reference: identical
     files), the bf16 fast path when sampling on a CPU with native bf16, float32 elsewhere."""
-    from waveglow_cli.synthesis import cpu_has_fast_bf16
+    from waveglow_cli.engine import cpu_has_fast_bf16
 
     mel = tmp_path / "m.npy"
     np.save(mel, synthetic_mel(4, 40, seed=1))
@@ -207,7 +234,7 @@ def test_auto_precision_policy_of_synth(tiny_checkpoint, tmp_path):
 
 
 def test_pick_dtype_auto():
-    from waveglow_cli.synthesis import cpu_has_fast_bf16, pick_dtype
+    from waveglow_cli.engine import cpu_has_fast_bf16, pick_dtype
 
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu, sigma=0.0) == torch.float32

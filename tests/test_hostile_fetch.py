@@ -271,7 +271,8 @@ def test_zip_member_longer_than_its_header_is_refused(tmp_path):
     import io
     import zipfile
 
-    from waveglow_cli.download import _SourceFailed, extract_member
+    from waveglow_cli.download import extract_member
+    from waveglow_cli.errors import SourceFailed
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
@@ -285,7 +286,7 @@ def test_zip_member_longer_than_its_header_is_refused(tmp_path):
     archive = tmp_path / "a.zip"
     archive.write_bytes(bytes(data))
     target = tmp_path / "m.pt"
-    with pytest.raises((_SourceFailed, ChecksumMismatchError)):
+    with pytest.raises((SourceFailed, ChecksumMismatchError)):
         extract_member(archive, "m.pt", target, max_bytes=1000)
     assert not target.exists()
 
@@ -519,9 +520,9 @@ def test_cache_records_honour_the_umask(cached_home, tmp_path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from waveglow_cli.cache import _Lock
-from waveglow_cli.download import _Reporter
-with _Lock(Path(sys.argv[1]), "tiny", _Reporter(None)):
+from waveglow_cli.lock import CheckpointLock
+from waveglow_cli.progress import ProgressReporter
+with CheckpointLock(Path(sys.argv[1]), "tiny", ProgressReporter(None)):
     print("held", flush=True)
     time.sleep(60)
 """

@@ -150,3 +150,31 @@ def test_config_validation_names_values():
 def test_receptive_field_of_published_architecture():
     # 8 layers, kernel 3: 1+2+...+128 = 255 grouped steps each way (2,040 samples)
     assert WaveGlowConfig().receptive_field_steps() == 255
+
+
+TINY_CONFIG = WaveGlowConfig(n_mel_channels=4, n_flows=4, n_channels=8, n_layers=2)
+
+
+def test_architecture_facts_on_the_config():
+    """What synthesis plans with comes from the config alone (any engine has one)."""
+    c = WaveGlowConfig()
+    assert c.receptive_field_samples() == 12 * 255 * 8 + 1024
+    assert c.context_frames() == 100
+    assert c.noise_shape(3, 10) == (3, 8, 320) == WaveGlow(TINY_CONFIG).noise_shape(3, 10)
+    assert c.n_early_outputs() == 2
+
+
+@pytest.mark.parametrize("alternate", [False, True])
+def test_halves_split_and_join_on_dimension_1_in_both_layouts(alternate):
+    """(B, C, T) in the model and (rows, C) in the fast path: the same cut, and join undoes it."""
+    config = WaveGlowConfig(alternate_halves=alternate)
+    x = torch.arange(2 * 6 * 5.0).reshape(2, 6, 5)
+    rows = x[0].t()
+    for k in range(3):
+        a, b = config.split_halves(x, k)
+        ra, rb = config.split_halves(rows, k)
+        assert torch.equal(a[0].t(), ra) and torch.equal(b[0].t(), rb)
+        first = slice(3, 6) if alternate and k % 2 else slice(0, 3)
+        assert torch.equal(a, x[:, first])
+        assert torch.equal(config.join_halves(a, b, k), x)
+        assert torch.equal(config.join_halves(ra, rb, k), rows)

@@ -302,7 +302,7 @@ def test_control_characters_in_file_names_are_escaped(tmp_path, tiny_safetensors
 
 def test_printable_keeps_ordinary_unicode():
     """Escaping must not mangle names in other scripts."""
-    from waveglow_cli.cli import printable
+    from waveglow_cli.errors import printable
 
     assert printable("café/中文/ž.wav") == "café/中文/ž.wav"
     assert printable("a\nb\x9b\u202e.wav") == "a\\x0ab\\x9b\\u202e.wav"
@@ -377,8 +377,7 @@ def test_a_lost_race_counts_as_skipped_under_skip_existing(tmp_path):
     """Two resumed runs on one folder: the one that loses the claim on a file keeps the
     winner's file and counts it as skipped, not as a failure (exit 0); without
     --skip-existing it is that item's named error."""
-    from waveglow_cli.cli import Item, run_items
-    from waveglow_cli.settings import Settings
+    from waveglow_cli.jobs import Item, OutputPolicy, run_items
 
     source = tmp_path / "a.wav"
     source.write_bytes(b"x")
@@ -389,8 +388,9 @@ def test_a_lost_race_counts_as_skipped_under_skip_existing(tmp_path):
         fileio.atomic_write(out, lambda tmp: tmp.write_bytes(b"ours"))
 
     items, outputs = [Item(source, "a.wav")], [target]
-    assert run_items(items, outputs, False, True, Settings.from_env(), "mel", handle) == 0
+    summary = run_items(items, outputs, OutputPolicy(skip_existing=True), handle)
+    assert (summary.failed, summary.skipped) == (0, 1)
     assert target.read_bytes() == b"theirs"
     target.unlink()
-    assert run_items(items, outputs, False, False, Settings.from_env(), "mel", handle) == 1
+    assert run_items(items, outputs, OutputPolicy(), handle).failed == 1
     assert target.read_bytes() == b"theirs"

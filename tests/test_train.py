@@ -19,12 +19,14 @@ import soundfile as sf
 import torch
 
 from conftest import run_cli
-from waveglow_cli import train as T
+from waveglow_cli import training as T
 from waveglow_cli.checkpoint import read_checkpoint
 from waveglow_cli.errors import UsageError
 from waveglow_cli.mel import MelConfig
-from waveglow_cli.registry import ensure_checkpoint
-from waveglow_cli.settings import Settings
+from waveglow_cli.model import WaveGlowConfig
+from waveglow_cli.cache import ensure_checkpoint
+from waveglow_cli.settings import Settings, Shard
+from waveglow_cli.training import loop as training_loop
 
 SR = 22050
 # n_mel_channels 16 keeps the upsampler (n_mels^2 x 1024 weights) small enough for CPU tests.
@@ -333,10 +335,10 @@ def test_no_usable_data_is_a_usage_error(tmp_path):
 
 
 def _options(data: Path, run_dir: Path, **changes) -> T.TrainOptions:
-    values = dict(data=[str(data)], run_dir=run_dir, n_channels=8, n_layers=2, n_flows=4,
-                  n_group=8, n_early_every=2, n_early_size=2, n_mel_channels=16,
-                  segment_length=4096, batch_size=2, max_steps=6, checkpoint_every=2, seed=1,
-                  quiet=True)
+    model = WaveGlowConfig(n_channels=8, n_layers=2, n_flows=4, n_group=8, n_early_every=2,
+                           n_early_size=2, n_mel_channels=16)
+    values = dict(data=[str(data)], run_dir=run_dir, model=model, segment_length=4096,
+                  batch_size=2, max_steps=6, checkpoint_every=2, seed=1, quiet=True)
     values.update(changes)
     return T.TrainOptions(**values)
 
@@ -352,17 +354,17 @@ def one_thread():
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(clips, tmp_path, monkeypatch,
                                                            one_thread):
     calls = {"n": 0}
-    real_loss = T.waveglow_loss
+    real_loss = training_loop.waveglow_loss
 
     def loss_that_fails_at_step_5(*args, **kwargs):
         calls["n"] += 1
         value = real_loss(*args, **kwargs)
         return value * float("nan") if calls["n"] == 5 else value
 
-    monkeypatch.setattr(T, "waveglow_loss", loss_that_fails_at_step_5)
+    monkeypatch.setattr(training_loop, "waveglow_loss", loss_that_fails_at_step_5)
     run_dir = tmp_path / "run"
     with pytest.raises(T.TrainingError) as caught:
-        T.train(_options(clips, run_dir))
+        T.train(_options(clips, run_dir), settings=Settings.from_env({}), shard=Shard())
     message = str(caught.value)
     assert "step 5" in message and "nan" in message
     assert str(run_dir / "step_000004.safetensors") in message
@@ -456,3 +458,41 @@ def test_bad_schedule_options_are_usage_errors(clips, tmp_path):
                            (["--lr-min", "1"], "--lr-min"), (["--warmup-steps", "-1"], "--warmup")):
         r = run_cli("train", clips, "-o", tmp_path / "x", *TINY, *extra, env=ENV)
         assert r.returncode == 2 and message in r.stderr.decode(), r.stderr.decode()
+
+
+def test_a_resumed_run_takes_its_architecture_from_run_json():
+    """run.json records the model actually trained; a resume takes it (and the sample rate)
+    unless the flags are given again, and refuses flags that would change it."""
+    from waveglow_cli.training.options import merge_resumed
+    from waveglow_cli.training.rundir import run_record
+
+    trained = WaveGlowConfig(n_channels=8, n_layers=2, n_flows=4, n_early_every=2,
+                             n_mel_channels=16)
+    first = T.TrainOptions(data=["a"], run_dir=Path("run"), model=trained, sample_rate=16000,
+                           seed=3)
+    saved = json.loads(json.dumps(run_record(first, trained, MelConfig(sample_rate=16000,
+                                                                        n_mels=16), Shard())))
+    assert saved["options"]["n_flows"] == 4 and saved["options"]["sample_rate"] == 16000
+    again = merge_resumed(T.TrainOptions(data=[], run_dir=Path("run"), lr=1e-3,
+                                         explicit=frozenset({"lr"})), saved)
+    assert again.model == trained and again.sample_rate == 16000 and again.lr == 1e-3
+    assert again.data == [str(Path("a").resolve())] and again.seed == 3
+    same = merge_resumed(T.TrainOptions(data=[], run_dir=Path("run"), model=trained,
+                                        explicit=frozenset({"n_flows"})), saved)
+    assert same.model == trained
+    with pytest.raises(UsageError, match=r"cannot change \(--n-flows\)"):
+        merge_resumed(T.TrainOptions(data=[], run_dir=Path("run"),
+                                     explicit=frozenset({"n_flows"})), saved)
+
+
+def test_train_takes_its_shard_and_settings_from_the_caller(clips, tmp_path, monkeypatch,
+                                                            one_thread):
+    """The library reads no environment: torchrun's variables do not make a call with a
+    single-process Shard start a process group."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run_dir = tmp_path / "run"
+    last = T.train(_options(clips, run_dir, max_steps=1, checkpoint_every=1),
+                   settings=Settings.from_env({}), shard=Shard())
+    assert last == run_dir / "step_000001.safetensors" and last.is_file()
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 1

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 __all__ = ["load_vocoder", "mel_spectrogram", "MelConfig", "Vocoder", "WaveGlow",
            "WaveGlowConfig", "__version__"]
 

@@ -4,7 +4,7 @@ Everything is measured in the same run: a warm-up, then ``repeats`` timed runs o
 batch through :class:`~waveglow_cli.synthesis.Synthesizer` (exactly what ``waveglow synth``
 runs, fast paths included), each ended by a device synchronisation (the audio is copied back to
 the host); the median is reported.  The model's cost per output sample is computed from its
-architecture (:func:`~waveglow_cli.fastpath.flops_per_sample`), and the device's matmul peak
+architecture (:meth:`~waveglow_cli.model.WaveGlowConfig.flops_per_sample`), and the device's matmul peak
 in the same precision is measured with a large GEMM, so ``fraction_of_peak`` says how close
 synthesis gets to what the hardware does on the easiest possible work.
 """
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fastpath import flops_per_sample
+from .engine import Engine, as_engine
+from .fastpath import FastWaveGlow
 from .model import WaveGlow, WaveGlowConfig
 
 RANDOM_CHECKPOINT = "random 256-channel model"
@@ -57,6 +58,16 @@ def random_model(config: WaveGlowConfig | None = None, seed: int = 0,
     model.eval()
     model.refresh_inverses()
     return model
+
+
+def random_engine(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  config: WaveGlowConfig | None = None, seed: int = 0) -> Engine:
+    """The engine of :func:`random_model` on ``device`` in ``dtype``, chosen as for a loaded
+    checkpoint (:meth:`Checkpoint.engine <waveglow_cli.checkpoint.Checkpoint.engine>`: the
+    CPU bf16 fast path is folded from the float32 weights)."""
+    from .engine import engine_from_float32
+
+    return engine_from_float32(random_model(config, seed), device, dtype)
 
 
 def synthetic_mel(n_mels: int, frames: int, seed: int = 0) -> np.ndarray:
@@ -150,21 +161,21 @@ class BenchOptions:
             raise ValueError(f"seconds={self.seconds} must be > 0")
 
 
-def run_bench(model: WaveGlow, sample_rate: int, options: BenchOptions,
+def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions,
               checkpoint: str = RANDOM_CHECKPOINT) -> dict:
-    """Time synthesis of ``batch_size`` synthetic mels of ``seconds`` each; see the module doc."""
+    """Time synthesis of ``batch_size`` synthetic mels of ``seconds`` each; see the module doc.
+    A WaveGlow is wrapped as :class:`~waveglow_cli.synthesis.Synthesizer` does."""
     from .synthesis import BatchOptions, SynthesisOptions, Synthesizer
 
-    config = model.config
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
+    engine = as_engine(engine)
+    config, device, dtype = engine.config, engine.device, engine.dtype
     frames = max(1, round(options.seconds * sample_rate / config.hop_length))
     mels = [(f"bench{i}", synthetic_mel(config.n_mel_channels, frames, seed=i))
             for i in range(options.batch_size)]
     batching = BatchOptions(batch_size=options.batch_size,
                             batch_frames=max(BatchOptions().batch_frames,
                                              options.batch_size * min(frames, BatchOptions().max_frames)))
-    synthesizer = Synthesizer(model, SynthesisOptions(sigma=options.sigma, seed=0), batching)
+    synthesizer = Synthesizer(engine, SynthesisOptions(sigma=options.sigma, seed=0), batching)
 
     def once() -> float:
         _sync(device)
@@ -183,13 +194,13 @@ def run_bench(model: WaveGlow, sample_rate: int, options: BenchOptions,
     seconds_per_run = statistics.median(times)
     samples = options.batch_size * frames * config.hop_length
     samples_per_second = samples / seconds_per_run
-    flops = flops_per_sample(config)
+    flops = config.flops_per_sample()
     peak = matmul_peak(device, dtype, options.peak_seconds)
     if device.type == "cuda":
         memory, memory_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:
         memory, memory_kind = peak_rss_mib(), "process_peak_rss"
-    fast = device.type == "cpu" and dtype == torch.bfloat16  # see Synthesizer._infer
+    fast = isinstance(engine, FastWaveGlow)
     return {
         "checkpoint": checkpoint,
         "device": str(device),

@@ -22,18 +22,19 @@ import json
 import os
 import shutil
 import stat
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .download import (RetryPolicy, Source, _Reporter, default_progress, download,
-                       partial_path, sha256_file)
+from .download import Downloaded, RetryPolicy, Source, download, partial_path, sha256_file
 from .errors import (CheckpointError, CheckpointNotAvailableError, ChecksumMismatchError,
                      UsageError)
-from .fileio import remove_stale_parts, write_json
-from .registry import RegistryEntry
+from .fileio import remove_files, remove_stale_parts, write_json
+from .lock import CheckpointLock
+from .progress import ProgressReporter
+from .registry import (Registry, RegistryEntry, bundled_checkpoint, name_problem,
+                       newest_run_checkpoint, unknown_checkpoint_error)
 from .settings import Settings
 
 METADATA_NAME = "metadata.json"
@@ -67,8 +68,6 @@ class CachePaths:
 def cache_paths(entry: RegistryEntry, settings: Settings) -> CachePaths:
     """Where ``entry``'s files lie.  The registry checked that its name and file name are plain
     names (see registry.name_problem); checked again here because every write goes there."""
-    from .registry import name_problem
-
     for what, value in (("name", entry.name), ("file name", entry.filename)):
         if (problem := name_problem(value)) is not None or value == METADATA_NAME:
             raise UsageError(f"checkpoint {entry.name!r}: its {what} {value!r} "
@@ -153,108 +152,6 @@ def sources_for(entry: RegistryEntry, settings: Settings) -> list[Source]:
     return sources
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True   # exists but belongs to someone else, or not a pid we can judge
-    return True
-
-
-class _Lock:
-    """A per-checkpoint file lock; says so when another process holds it.
-
-    filelock takes an flock(2) lock, which the kernel releases when its holder exits, however
-    it dies: a dead holder never blocks anyone.  A live holder that hangs would block forever,
-    so waiting is bounded: while the holder's files (``watch``: the checkpoint's cache folder)
-    keep changing it is working and we wait; after ``stall_timeout`` seconds without a change
-    we give up with a message naming its pid (written beside the lock) and the lock file."""
-
-    def __init__(self, lock_path: Path, label: str, reporter: _Reporter, *,
-                 stall_timeout: float = 600.0, watch: Path | None = None) -> None:
-        from filelock import FileLock
-
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = lock_path
-        self.owner_file = lock_path.with_name(lock_path.name + ".pid")
-        self.lock = FileLock(str(lock_path))
-        self.label, self.reporter = label, reporter
-        self.stall_timeout, self.watch = stall_timeout, watch
-
-    def _owner(self) -> str:
-        try:
-            with open(self.owner_file, "rb") as f:
-                text = f.read(64).decode("ascii", "replace").strip()
-        except OSError:
-            return ""
-        return text if text.isdigit() else ""
-
-    def _activity(self) -> tuple[tuple[str, int, int], ...]:
-        """What the holder's progress looks like from outside: its files' sizes and times."""
-        if self.watch is None:
-            return ()
-        try:
-            found = []
-            for entry in os.scandir(self.watch):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                found.append((entry.name, st.st_size, st.st_mtime_ns))
-            return tuple(sorted(found))
-        except OSError:
-            return ()
-
-    def __enter__(self) -> _Lock:
-        from filelock import Timeout
-
-        try:
-            self.lock.acquire(timeout=0.2)
-        except Timeout:
-            owner = self._owner()
-            self.reporter.note(f"{self.label}: waiting for another process"
-                               f"{f' (pid {owner})' if owner else ''} that is downloading it")
-            seen, since = self._activity(), time.monotonic()
-            while True:
-                try:
-                    self.lock.acquire(timeout=1.0)
-                    break
-                except Timeout:
-                    pass
-                now = self._activity()
-                if now != seen:
-                    seen, since = now, time.monotonic()
-                elif time.monotonic() - since > self.stall_timeout:
-                    owner = self._owner() or owner
-                    if owner and not _alive(int(owner)):
-                        # Only a lock without flock (filelock's fallback on some network file
-                        # systems) outlives its holder.
-                        raise CheckpointNotAvailableError(
-                            f"{self.label}: the lock {self.path} is still held although the "
-                            f"process that took it (pid {owner}) is no longer running; if no "
-                            "other waveglow is fetching this checkpoint, delete the lock file")
-                    raise CheckpointNotAvailableError(
-                        f"{self.label}: another process{f' (pid {owner})' if owner else ''} "
-                        f"holds the lock {self.path} and has shown no progress for "
-                        f"{self.stall_timeout:g} s; if it is stuck, stop it (the lock is "
-                        "released when it exits), or wait longer with WAVEGLOW_LOCK_TIMEOUT")
-        try:
-            self.owner_file.write_text(f"{os.getpid()}\n", "ascii")
-        except OSError:
-            pass  # the pid is only for messages
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.owner_file.unlink()
-        except OSError:
-            pass
-        self.lock.release()
-
-
 @dataclass
 class FetchResult:
     entry: RegistryEntry
@@ -267,11 +164,7 @@ class FetchResult:
 
 
 def _remove_files(paths: CachePaths) -> None:
-    for path in (paths.original, paths.converted, paths.metadata, partial_path(paths.original)):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    remove_files(paths.original, paths.converted, paths.metadata, partial_path(paths.original))
 
 
 def _convert_and_record(entry: RegistryEntry, settings: Settings, paths: CachePaths,
@@ -309,96 +202,129 @@ def fetch_checkpoint(entry: RegistryEntry, settings: Settings, *, force: bool = 
     Otherwise, under the checkpoint's file lock: ``verify`` re-hashes the cached file against
     the published (else recorded) sha256 and re-downloads it when it differs; a download is
     verified (size, sha256, loads as a WaveGlow), renamed into place, converted to safetensors
-    and its sha256 recorded in ``metadata.json``."""
+    and its sha256 recorded in ``metadata.json``.
+
+    ``progress`` receives the download's progress and notes (see
+    :class:`~waveglow_cli.progress.Progress`; None: nothing is reported)."""
     if entry.bundled is not None:
         return _bundled_result(entry)
     paths = cache_paths(entry, settings)
-    if not force and not verify and paths.usable is not None:
-        return FetchResult(entry, paths.usable, "cached",
-                           read_metadata(entry, settings).get("sha256"))
+    if not force and not verify and (usable := paths.usable) is not None:
+        return _cached_result(entry, settings, usable)
     if settings.problems and not settings.offline:
         raise UsageError("; ".join(settings.problems))
-    reporter = _Reporter(progress if progress is not None else default_progress())
-    problem = ""
-    with _Lock(paths.lock, entry.name, reporter, stall_timeout=settings.limits.lock_timeout,
-               watch=paths.folder):
+    reporter = ProgressReporter(progress)
+    with CheckpointLock(paths.lock, entry.name, reporter,
+                        stall_timeout=settings.limits.lock_timeout, watch=paths.folder):
         # Temporary records a killed fetch was writing (dead pids only); the lock-free cached
         # path above only reads, so cleaning up belongs here, where we write.
         remove_stale_parts(paths.folder)
+        problem = ""
         if verify and paths.usable is not None:
-            problem, fixed = _verify(entry, settings, paths)
-            if fixed:
-                reporter.note(f"{entry.name}: {fixed}")
-            if not problem:
-                meta = read_metadata(entry, settings)
-                return FetchResult(entry, paths.usable or paths.original, "verified",
-                                   meta.get("sha256"), entry.sha256 is not None, meta)
-            # _verify reports a problem only with proof that the bytes are bad (a published
-            # sha256 or size they miss, or they do not load): only then are they deleted.
-            _remove_files(paths)
-            if settings.offline:
-                raise ChecksumMismatchError(
-                    entry.name, str(paths.folder), "cache", "a verified file", problem,
-                    "the corrupt files were removed; offline mode (WAVEGLOW_OFFLINE=1 or "
-                    "--offline) forbids downloading it again")
-            reporter.note(f"{entry.name}: cached copy is corrupt ({problem}); downloading "
-                          "it again")
-        elif not force and paths.usable is not None:  # another process finished it meanwhile
-            return FetchResult(entry, paths.usable, "cached",
-                               read_metadata(entry, settings).get("sha256"))
-        if settings.offline:
-            raise CheckpointNotAvailableError(
-                f"checkpoint {entry.name!r} is not downloaded (looked in {paths.folder}) and "
-                "offline mode (WAVEGLOW_OFFLINE=1 or --offline) forbids fetching it")
-        if not entry.urls and not settings.mirror:
-            raise UsageError(f"checkpoint {entry.name!r} has no URL to download it from")
-        held: dict[str, Any] = {}
+            verified, problem = _verify_or_discard(entry, settings, paths, reporter)
+            if verified is not None:
+                return verified
+        elif not force and (usable := paths.usable) is not None:
+            return _cached_result(entry, settings, usable)  # another process finished it meanwhile
+        return _download_and_record(entry, settings, paths, reporter, policy, problem)
 
-        def validate(path: Path) -> None:
-            from .checkpoint import read_checkpoint
 
-            try:
-                held["checkpoint"] = read_checkpoint(path)
-            except CheckpointError as e:
-                if entry.sha256 is None:
-                    raise  # structure is the only check we have: try the next URL
-                # The published sha256 matched: these are the published bytes.  Keep them;
-                # loading will say what is wrong with them.
-                held["unreadable"] = e.reason
+def _cached_result(entry: RegistryEntry, settings: Settings, usable: Path) -> FetchResult:
+    return FetchResult(entry, usable, "cached", read_metadata(entry, settings).get("sha256"))
+
+
+def _verify_or_discard(entry: RegistryEntry, settings: Settings, paths: CachePaths,
+                       reporter: ProgressReporter) -> tuple[FetchResult | None, str]:
+    """(the result, '') when the cached checkpoint is sound (its record repaired if need be);
+    else (None, what is wrong) after deleting its files, so that it is downloaded again."""
+    problem, fixed = _Verifier(entry, settings, paths).run()
+    if fixed:
+        reporter.note(f"{entry.name}: {fixed}")
+    if not problem:
+        meta = read_metadata(entry, settings)
+        return FetchResult(entry, paths.usable or paths.original, "verified",
+                           meta.get("sha256"), entry.sha256 is not None, meta), ""
+    # _Verifier reports a problem only with proof that the bytes are bad (a published sha256
+    # or size they miss, or they do not load): only then are they deleted.
+    _remove_files(paths)
+    if settings.offline:
+        raise ChecksumMismatchError(
+            entry.name, str(paths.folder), "cache", "a verified file", problem,
+            "the corrupt files were removed; offline mode (WAVEGLOW_OFFLINE=1 or "
+            "--offline) forbids downloading it again")
+    reporter.note(f"{entry.name}: cached copy is corrupt ({problem}); downloading it again")
+    return None, problem
+
+
+@dataclass
+class _LoadCheck:
+    """``download``'s ``validate``: the bytes must load as a WaveGlow (kept, to convert it).
+    With a published sha256 that matched, the bytes are the published ones: an unreadable
+    file is then kept and what is wrong with it remembered, for the user to be told."""
+
+    entry: RegistryEntry
+    checkpoint: Any = None
+    unreadable: str | None = None
+
+    def __call__(self, path: Path) -> None:
+        from .checkpoint import read_checkpoint
 
         try:
-            got = download(sources_for(entry, settings), paths.original, size=entry.size,
-                           sha256=entry.sha256, progress=reporter, policy=policy,
-                           validate=validate, label=entry.name, limits=settings.limits)
-        except BaseException:
-            try:
-                paths.folder.rmdir()   # leave no empty folder behind (a .partial stays)
-            except OSError:
-                pass
-            raise
-        now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        meta = _convert_and_record(entry, settings, paths, held.get("checkpoint"), got.sha256,
-                                   got.size, got.url, now)
-        if "unreadable" in held:
-            reporter.note(f"{entry.name}: the download matches its published sha256 but does "
-                          f"not load as a WaveGlow ({held['unreadable']})")
-        if entry.sha256:
-            reporter.note(f"{entry.name}: downloaded {got.size} bytes from {got.url}; sha256 "
-                          f"{got.sha256} matches the published checksum")
-        else:
-            reporter.note(f"{entry.name}: downloaded {got.size} bytes from {got.url}; sha256 "
-                          f"{got.sha256} (no checksum is published for it; to pin it, put "
-                          f'sha256 = "{got.sha256}" in its entry in a WAVEGLOW_REGISTRY file)')
+            self.checkpoint = read_checkpoint(path)
+        except CheckpointError as e:
+            if self.entry.sha256 is None:
+                raise  # structure is the only check we have: try the next URL
+            self.unreadable = e.reason
+
+
+def _download_and_record(entry: RegistryEntry, settings: Settings, paths: CachePaths,
+                         reporter: ProgressReporter, policy: RetryPolicy | None,
+                         problem: str) -> FetchResult:
+    """Download, verify, convert and record ``entry`` (under its lock); ``problem``: what
+    was wrong with the cached copy this replaces ('' for a first download)."""
+    if settings.offline:
+        raise CheckpointNotAvailableError(
+            f"checkpoint {entry.name!r} is not downloaded (looked in {paths.folder}) and "
+            "offline mode (WAVEGLOW_OFFLINE=1 or --offline) forbids fetching it")
+    if not entry.urls and not settings.mirror:
+        raise UsageError(f"checkpoint {entry.name!r} has no URL to download it from")
+    check = _LoadCheck(entry)
+    try:
+        got = download(sources_for(entry, settings), paths.original, size=entry.size,
+                       sha256=entry.sha256, progress=reporter, policy=policy,
+                       validate=check, label=entry.name, limits=settings.limits)
+    except BaseException:
+        try:
+            paths.folder.rmdir()   # leave no empty folder behind (a .partial stays)
+        except OSError:
+            pass
+        raise
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    meta = _convert_and_record(entry, settings, paths, check.checkpoint, got.sha256, got.size,
+                               got.url, now)
+    _report_download(entry, got, check.unreadable, reporter)
     return FetchResult(entry, paths.usable or paths.original,
                        "repaired" if problem else "downloaded", got.sha256,
                        entry.sha256 is not None, meta, problem)
 
 
+def _report_download(entry: RegistryEntry, got: Downloaded, unreadable: str | None,
+                     reporter: ProgressReporter) -> None:
+    if unreadable is not None:
+        reporter.note(f"{entry.name}: the download matches its published sha256 but does "
+                      f"not load as a WaveGlow ({unreadable})")
+    if entry.sha256:
+        reporter.note(f"{entry.name}: downloaded {got.size} bytes from {got.url}; sha256 "
+                      f"{got.sha256} matches the published checksum")
+    else:
+        reporter.note(f"{entry.name}: downloaded {got.size} bytes from {got.url}; sha256 "
+                      f"{got.sha256} (no checksum is published for it; to pin it, put "
+                      f'sha256 = "{got.sha256}" in its entry in a WAVEGLOW_REGISTRY file)')
+
+
 def _bundled_result(entry: RegistryEntry) -> FetchResult:
     """A checkpoint shipped with the package: nothing to download; its bytes are checked
     against the registry's sha256 so that a damaged install is named, not silently used."""
-    from .registry import bundled_checkpoint
-
     path = bundled_checkpoint(entry)
     digest = sha256_file(path)
     if entry.sha256 is not None and digest != entry.sha256:
@@ -421,100 +347,138 @@ def _weights_differ(a: Any, b: Any) -> bool | None:
                    for k in a.state_dict)
 
 
-def _verify(entry: RegistryEntry, settings: Settings, paths: CachePaths) -> tuple[str, str]:
-    """(what is wrong with the cached checkpoint or '', what was fixed locally or '').
+class _Verifier:
+    """Judges a cached checkpoint by its bytes: ``run()`` returns (what is wrong with it or
+    '', what was fixed locally or '').
 
-    The bytes are hashed and judged on their own; ``metadata.json`` is only a record.  A
-    problem is reported (and the caller deletes the files) only with proof that the bytes are
-    bad: they miss the published sha256 or size, they do not load as a WaveGlow, or they load
-    but differ from the safetensors copy that still matches its record (the original changed
-    after it was verified).  Otherwise a record that disagrees with the bytes, or is damaged,
-    is repaired from them, and a missing or damaged safetensors copy is rebuilt."""
-    from .checkpoint import read_checkpoint
+    ``metadata.json`` is only a record.  A problem is reported (and the caller deletes the
+    files) only with proof that the bytes are bad: they miss the published sha256 or size,
+    they do not load as a WaveGlow, or they load but differ from the safetensors copy that
+    still matches its record (the original changed after it was verified).  Otherwise a record
+    that disagrees with the bytes, or is damaged, is repaired from them, and a missing or
+    damaged safetensors copy is rebuilt."""
 
-    meta, record_problem = read_record(entry, settings)
-    notes = [f"the record was damaged ({record_problem})"] if record_problem else []
+    def __init__(self, entry: RegistryEntry, settings: Settings, paths: CachePaths) -> None:
+        self.entry, self.settings, self.paths = entry, settings, paths
+        self.meta, self.record_problem = read_record(entry, settings)
 
-    def fixed(what: str) -> str:
+    def fixed(self, what: str) -> str:
+        notes = [f"the record was damaged ({self.record_problem})"] if self.record_problem else []
         return "; ".join([*notes, what])
 
-    if not paths.original.is_file():
-        # Only the converted copy is left: it must load; a record that disagrees is repaired.
-        got = sha256_file(paths.converted)
+    def run(self) -> tuple[str, str]:
+        if not self.paths.original.is_file():
+            return self._converted_only()
+        return self._original()
+
+    def _converted_only(self) -> tuple[str, str]:
+        """Only the converted copy is left: it must load; a record that disagrees is
+        repaired."""
+        from .checkpoint import read_checkpoint
+
+        converted, meta = self.paths.converted, self.meta
+        got = sha256_file(converted)
         recorded = meta.get("safetensors_sha256")
         try:
-            read_checkpoint(paths.converted)
+            read_checkpoint(converted)
         except CheckpointError as e:
-            return (f"{paths.converted.name} has sha256 {got}"
+            return (f"{converted.name} has sha256 {got}"
                     f"{f', recorded {recorded}' if recorded else ''}, and {e.reason}"), ""
-        if recorded == got and not record_problem:
+        if recorded == got and not self.record_problem:
             return "", ""
-        meta.update(safetensors=paths.converted.name, safetensors_sha256=got,
-                    name=entry.name)
-        write_json(paths.metadata, meta)
-        return "", fixed(f"{paths.converted.name} loads as a WaveGlow; recorded its sha256 {got}"
-                         + (f" (the record said {recorded})" if recorded else ""))
-    size = paths.original.stat().st_size
-    if entry.size is not None and size != entry.size:
-        return f"{paths.original.name} is {size} bytes, the published size is {entry.size}", ""
-    digest = sha256_file(paths.original)
-    if entry.sha256 is not None and digest != entry.sha256:
-        return (f"{paths.original.name} has sha256 {digest}, the published sha256 is "
-                f"{entry.sha256}"), ""
-    record_agrees = (not record_problem and meta.get("sha256") == digest
-                     and meta.get("size", size) == size)
-    converted_ok = paths.converted == paths.original or bool(
-        paths.converted.is_file() and meta.get("safetensors_sha256")
-        and sha256_file(paths.converted) == meta["safetensors_sha256"])
-    if record_agrees and converted_ok:
-        return "", ""
-    disagreement = "; ".join(
-        f"recorded {key} {meta[key]}, the file has {value}"
-        for key, value in (("sha256", digest), ("size", size))
-        if key in meta and meta[key] != value)
-    try:
-        checkpoint = read_checkpoint(paths.original)
-    except CheckpointError as e:
-        if entry.sha256 is not None:
-            # The published bytes: keep them; loading them says what is wrong.
-            meta.update(name=entry.name, file=paths.original.name, size=size, sha256=digest,
-                        sha256_published=True)
-            write_json(paths.metadata, meta)
-            return "", fixed(f"{paths.original.name} matches the published sha256 but does not "
-                             f"load as a WaveGlow ({e.reason})")
-        return (f"{paths.original.name} has sha256 {digest}"
-                f"{f' ({disagreement})' if disagreement else ''} and {e.reason}"), ""
-    if disagreement and entry.sha256 is None and converted_ok and paths.converted.is_file() \
-            and paths.converted != paths.original:
-        # The safetensors copy still matches the record it was written with: the record is
-        # sound and the original changed since.  Proof, if its weights differ from the copy.
+        meta.update(safetensors=converted.name, safetensors_sha256=got, name=self.entry.name)
+        write_json(self.paths.metadata, meta)
+        return "", self.fixed(f"{converted.name} loads as a WaveGlow; recorded its sha256 {got}"
+                              + (f" (the record said {recorded})" if recorded else ""))
+
+    def _original(self) -> tuple[str, str]:
+        from .checkpoint import read_checkpoint
+
+        entry, paths, meta = self.entry, self.paths, self.meta
+        size = paths.original.stat().st_size
+        if entry.size is not None and size != entry.size:
+            return f"{paths.original.name} is {size} bytes, the published size is {entry.size}", ""
+        digest = sha256_file(paths.original)
+        if entry.sha256 is not None and digest != entry.sha256:
+            return (f"{paths.original.name} has sha256 {digest}, the published sha256 is "
+                    f"{entry.sha256}"), ""
+        record_agrees = (not self.record_problem and meta.get("sha256") == digest
+                         and meta.get("size", size) == size)
+        converted_ok = paths.converted == paths.original or bool(
+            paths.converted.is_file() and meta.get("safetensors_sha256")
+            and sha256_file(paths.converted) == meta["safetensors_sha256"])
+        if record_agrees and converted_ok:
+            return "", ""
+        disagreement = "; ".join(
+            f"recorded {key} {meta[key]}, the file has {value}"
+            for key, value in (("sha256", digest), ("size", size))
+            if key in meta and meta[key] != value)
         try:
-            differ = _weights_differ(checkpoint, read_checkpoint(paths.converted))
-        except CheckpointError:
-            differ = None   # the copy cannot testify; the original loads: keep it
-        if differ:
-            return (f"{paths.original.name} has sha256 {digest} ({disagreement}), and its "
-                    f"weights differ from the verified {paths.converted.name}"), ""
-    if not converted_ok and paths.converted.is_file() and paths.converted != paths.original:
-        # No sound record of the copy: keep it if it holds the original's weights (it is only
-        # rewritten when it must be).
+            checkpoint = read_checkpoint(paths.original)
+        except CheckpointError as e:
+            return self._unloadable(e.reason, size, digest, disagreement)
+        separate_copy = paths.converted.is_file() and paths.converted != paths.original
+        if disagreement and entry.sha256 is None and converted_ok and separate_copy:
+            # The safetensors copy still matches the record it was written with: the record is
+            # sound and the original changed since.  Proof, if its weights differ from the copy.
+            if self._differs_from_copy(checkpoint):
+                return (f"{paths.original.name} has sha256 {digest} ({disagreement}), and its "
+                        f"weights differ from the verified {paths.converted.name}"), ""
+        if not converted_ok and separate_copy:
+            # No sound record of the copy: keep it if it holds the original's weights (it is
+            # only rewritten when it must be).
+            converted_ok = self._copy_holds(checkpoint)
+        return self._repair(checkpoint, digest, size, disagreement, converted_ok)
+
+    def _unloadable(self, reason: str, size: int, digest: str,
+                    disagreement: str) -> tuple[str, str]:
+        """The original does not load as a WaveGlow: proof that it is bad, unless it has the
+        published sha256 (then it is the published file: kept, and loading it says what is
+        wrong)."""
+        name = self.paths.original.name
+        if self.entry.sha256 is None:
+            return (f"{name} has sha256 {digest}"
+                    f"{f' ({disagreement})' if disagreement else ''} and {reason}"), ""
+        self.meta.update(name=self.entry.name, file=name, size=size, sha256=digest,
+                         sha256_published=True)
+        write_json(self.paths.metadata, self.meta)
+        return "", self.fixed(f"{name} matches the published sha256 but does not load as a "
+                              f"WaveGlow ({reason})")
+
+    def _differs_from_copy(self, checkpoint: Any) -> bool:
+        from .checkpoint import read_checkpoint
+
         try:
-            copy = read_checkpoint(paths.converted)
-            converted_ok = (copy.config == checkpoint.config
-                            and _weights_differ(checkpoint, copy) is False)
+            return bool(_weights_differ(checkpoint, read_checkpoint(self.paths.converted)))
         except CheckpointError:
-            converted_ok = False
-    _convert_and_record(entry, settings, paths, checkpoint, digest, size, meta.get("url"),
-                        meta.get("downloaded_at"), rebuild=not converted_ok)
-    if disagreement or record_problem:
-        how = ("matches the published sha256" if entry.sha256 is not None
-               else "loads as a WaveGlow")
-        return "", fixed(f"repaired the record from {paths.original.name}, which {how}"
-                         f"{f' ({disagreement})' if disagreement else ''}: recorded sha256 "
-                         f"{digest}")
-    if not converted_ok:
-        return "", fixed("rebuilt the safetensors copy from the verified original")
-    return "", fixed(f"recorded sha256 {digest}")
+            return False   # the copy cannot testify; the original loads: keep it
+
+    def _copy_holds(self, checkpoint: Any) -> bool:
+        from .checkpoint import read_checkpoint
+
+        try:
+            copy = read_checkpoint(self.paths.converted)
+            return (copy.config == checkpoint.config
+                    and _weights_differ(checkpoint, copy) is False)
+        except CheckpointError:
+            return False
+
+    def _repair(self, checkpoint: Any, digest: str, size: int, disagreement: str,
+                converted_ok: bool) -> tuple[str, str]:
+        """Rewrite the record (and the copy, unless ``converted_ok``) from the sound
+        original, and say what was fixed."""
+        entry, paths, meta = self.entry, self.paths, self.meta
+        _convert_and_record(entry, self.settings, paths, checkpoint, digest, size,
+                            meta.get("url"), meta.get("downloaded_at"), rebuild=not converted_ok)
+        if disagreement or self.record_problem:
+            how = ("matches the published sha256" if entry.sha256 is not None
+                   else "loads as a WaveGlow")
+            return "", self.fixed(f"repaired the record from {paths.original.name}, which {how}"
+                                  f"{f' ({disagreement})' if disagreement else ''}: recorded "
+                                  f"sha256 {digest}")
+        if not converted_ok:
+            return "", self.fixed("rebuilt the safetensors copy from the verified original")
+        return "", self.fixed(f"recorded sha256 {digest}")
 
 
 def remove_checkpoint(entry_or_name: RegistryEntry | str, settings: Settings,
@@ -526,10 +490,42 @@ def remove_checkpoint(entry_or_name: RegistryEntry | str, settings: Settings,
     folder = settings.checkpoint_dir / name
     if not folder.is_dir():
         return None
-    with _Lock(settings.home / "locks" / f"{name}.lock", name, _Reporter(progress),
-               stall_timeout=settings.limits.lock_timeout, watch=folder):
+    with CheckpointLock(settings.home / "locks" / f"{name}.lock", name,
+                        ProgressReporter(progress), stall_timeout=settings.limits.lock_timeout,
+                        watch=folder):
         shutil.rmtree(folder)
     return folder
+
+
+def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
+                      registry: Registry | None = None) -> Path:
+    """A local file for ``spec``: an existing path as it is; a registry name or alias from the
+    cache (its safetensors copy when there is one), downloaded, verified and cached first if
+    it is not there yet, unless ``settings.offline``.
+
+    ``progress`` receives the download's progress (see :class:`~waveglow_cli.progress.Progress`;
+    None: nothing is reported)."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (newest := newest_run_checkpoint(path)) is not None:
+        return newest  # a `waveglow train` run folder: its latest checkpoint
+    if path.exists():
+        return path
+    registry = registry or Registry.load(settings)
+    entry = registry.find(spec)
+    if entry is None:
+        raise unknown_checkpoint_error(spec, registry)
+    if entry.bundled is not None:
+        return bundled_checkpoint(entry)
+    local = cached_file(entry, settings)
+    if local is not None:
+        return local
+    if settings.offline:
+        raise CheckpointNotAvailableError(
+            f"checkpoint {entry.name!r} is not downloaded (looked in "
+            f"{settings.checkpoint_dir / entry.name}) and offline mode (WAVEGLOW_OFFLINE=1 or "
+            f"--offline) forbids fetching it; run `waveglow fetch {entry.name}` while online, "
+            f"or pass --checkpoint PATH")
+    return fetch_checkpoint(entry, settings, progress=progress).path
 
 
 def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
@@ -564,6 +560,6 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
     }
 
 
-__all__ = ["cache_paths", "cached_file", "fetch_checkpoint", "remove_checkpoint",
-           "read_metadata", "read_record", "describe_cached", "FetchResult", "CachePaths",
-           "sources_for"]
+__all__ = ["cache_paths", "cached_file", "ensure_checkpoint", "fetch_checkpoint",
+           "remove_checkpoint", "read_metadata", "read_record", "describe_cached", "FetchResult",
+           "CachePaths", "sources_for"]

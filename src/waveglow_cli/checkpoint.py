@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .engine import Engine, engine_from_float32
 from .errors import CheckpointError, UnsafePickleError
 from .model import WaveGlow, WaveGlowConfig
 from .safe_pickle import InertObject, RefusedPickle, UnsafeGlobal
@@ -55,19 +56,22 @@ class Checkpoint:
 
     def build_model(self, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> WaveGlow:
-        """A ready-to-infer model (eval mode, inverses computed in float64 then cast)."""
+        """A ready-to-infer model (eval mode, inverses computed from the float32 weights, then
+        cast with them)."""
+        return self._float32_model().to(device=device, dtype=dtype)
+
+    def engine(self, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> Engine:
+        """The inference engine for ``device`` and ``dtype``, chosen once, here: bfloat16 on the
+        CPU is the fast path folded from the float32 weights (float32 1x1 inverses; it holds its
+        own weights, so no bfloat16 model is kept), anything else the model itself."""
+        return engine_from_float32(self._float32_model(), device, dtype)
+
+    def _float32_model(self) -> WaveGlow:
         with _NoRandomInit():  # every tensor is loaded next
             model = WaveGlow(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         model.eval()  # inverses computed from the float32 weights, then cast with them
-        if dtype != torch.bfloat16 or torch.device(device).type != "cpu":
-            return model.to(device=device, dtype=dtype)
-        # bf16 on the CPU runs the fast path (see fastpath): fold it from the float32 weights.
-        from .fastpath import FastWaveGlow, register
-
-        fast = FastWaveGlow(model)
-        model = model.to(device=device, dtype=dtype)
-        register(model, fast)
         return model
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .engine import EagerEngine, Engine
 from .mel import STFT, bias_spectrum
 from .model import WaveGlow
 
@@ -23,14 +24,19 @@ class Denoiser:
         self.stft = stft
 
     @classmethod
-    @torch.inference_mode()
     def for_model(cls, model: WaveGlow) -> Denoiser:
-        param = next(model.parameters())
-        mel = torch.zeros(1, model.config.n_mel_channels, BIAS_FRAMES, device=param.device,
-                          dtype=param.dtype)
-        z = torch.zeros(model.noise_shape(1, BIAS_FRAMES))
-        bias_audio = model.infer(mel, sigma=0.0, z=z).float()
-        stft = STFT(n_fft=1024, hop_length=256, win_length=1024).to(param.device)
+        """The denoiser of ``model`` run as it is (eagerly, on its device in its dtype)."""
+        return cls.for_engine(EagerEngine(model))
+
+    @classmethod
+    @torch.inference_mode()
+    def for_engine(cls, engine: Engine) -> Denoiser:
+        """The denoiser of what ``engine`` synthesises (its bias on its device).  For an
+        :class:`~waveglow_cli.engine.EagerEngine` this is :meth:`for_model` of its model."""
+        mel = torch.zeros(1, engine.config.n_mel_channels, BIAS_FRAMES)
+        z = torch.zeros(engine.config.noise_shape(1, BIAS_FRAMES))
+        bias_audio = engine.infer(mel, 0.0, z).float()
+        stft = STFT(n_fft=1024, hop_length=256, win_length=1024).to(engine.device)
         return cls(bias_spectrum(bias_audio, stft), stft)
 
     def __call__(self, audio: Tensor, strength: float) -> Tensor:

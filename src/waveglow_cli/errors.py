@@ -105,6 +105,13 @@ class OutputWriteError(WaveGlowError, OSError):
         self.errno = code
 
 
+class PlotUnavailableError(WaveGlowError, ImportError):
+    """Plotting was asked for but matplotlib (the ``plot`` extra) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("plotting needs matplotlib: pip install 'waveglow-cli[plot]'")
+
+
 class UsageError(WaveGlowError, ValueError):
     """The command line or API call is inconsistent (maps to exit code 2)."""
 
@@ -138,3 +145,72 @@ class ChecksumMismatchError(WaveGlowError, ValueError):
         unit = " bytes" if kind == "size" else ""
         super().__init__(f"{what}: {kind} mismatch for {source}: expected {expected}{unit}, "
                          f"got {got}{unit}; {note}")
+
+
+class TrainingError(WaveGlowError):
+    """Training stopped (a non-finite loss, no usable data, an unreadable run folder)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading torch checkpoints (torch_container, safe_pickle).  checkpoint.read_checkpoint turns
+# each into a CheckpointError / UnsafePickleError that names the file.
+
+
+class ContainerError(ValueError):
+    """The container around a torch pickle (legacy stream or zip archive) is malformed; the
+    message is the one-line reason."""
+
+
+class UnsafeGlobal(pickle.UnpicklingError):
+    """Raised for a global outside the allow-list; ``name`` is 'module.qualname'."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"global '{name}' is not allowed")
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle asks for something we never do (mutate a callable, allocate more than the
+    file holds, nest too deep ...); ``reason`` says what, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloading (download, transfer, gdrive).  download() turns a SourceFailed into one entry of
+# DownloadError.attempts and tries the next source; the two transfer signals never leave the
+# transfer loop.
+
+
+class SourceFailed(WaveGlowError):
+    """One source cannot deliver the file (an HTTP error, a page instead of the file, too
+    slow, a bad archive); the message says why, in one line."""
+
+
+class SourceRefused(SourceFailed):
+    """A source sent (or announced) more than is allowed: its bytes are discarded, never kept
+    for a resume."""
+
+
+class TransferCut(Exception):
+    """The transfer stopped before the end; resume it (internal to the transfer loop)."""
+
+
+class TransferRestart(Exception):
+    """The server's answer to a Range request cannot be appended; start from zero (internal
+    to the transfer loop)."""
+
+
+class JobStopped(Exception):
+    """Internal: ends a batch job at its first failure (``--fail-fast``); the job returns its
+    summary so far, marked stopped.  Never reaches a user."""

@@ -3,7 +3,9 @@
 Why: on the CPU, ``Conv1d`` in bfloat16 is slow (oneDNN's convolution does not reach the
 matrix units: about 0.4 TFLOP/s on a 2-core AMX Xeon), while a bfloat16 matrix product on
 (time, channels) rows runs at several TFLOP/s.  :class:`FastWaveGlow` computes the function of
-:meth:`WaveGlow.infer` with every convolution of the WNs written as one matrix product:
+:meth:`WaveGlow.infer` with every convolution of the WNs written as one matrix product (the
+flow's skeleton, :func:`~waveglow_cli.model.reverse_flows`, is the model's own; this module
+supplies the couplings and 1x1 inverses in its layout):
 
 * rows are grouped time steps, columns are channels; the items of a batch are packed one after
   another with ``pad`` zero rows between them (``pad`` = the widest dilated tap), so one product
@@ -28,21 +30,20 @@ default; oneDNN accumulates in float32 and applies the tanh before rounding); th
 accumulator, the affine coupling ``(audio_1 - b) / exp(s)``, the 1x1 inverses and the upsampler
 are float32.  The gate weights are cast from the model's parameters (the halving is exact), the
 skip/end fold is done in float64.  Use it with the model *before* a cast to bfloat16 (see
-:meth:`Checkpoint.build_model <waveglow_cli.checkpoint.Checkpoint.build_model>` and
-:func:`fast_path_for`): rounding the 1x1 inverses to bfloat16 alone costs about 6 dB of SNR.
+:meth:`Checkpoint.engine <waveglow_cli.checkpoint.Checkpoint.engine>`, which folds it from the
+float32 weights): rounding the 1x1 inverses to bfloat16 alone costs about 6 dB of SNR.
 On the full-size random-weight model the output is about 50 dB SNR from float32 (not
 bit-exact: this is a reduced-precision path; float32 synthesis keeps using the exact model).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .model import WaveGlow
+from .model import WaveGlow, reverse_flows
 
 #: rows (grouped steps) processed together: bounds memory; one item is never split.
 DEFAULT_MAX_ROWS = 1 << 17
@@ -104,13 +105,16 @@ class _Flow:
 class FastWaveGlow:
     """Inference of ``model`` in (time, channels) layout; see the module docstring.
 
-    ``infer`` takes and returns what :meth:`WaveGlow.infer` does (audio float32 on the CPU)."""
+    An :class:`~waveglow_cli.engine.Engine` on the CPU whose ``dtype`` is the products' type:
+    ``infer`` takes and returns what :meth:`WaveGlow.infer` does (audio float32 on the CPU).
+    It holds its own folded weights, so it does not follow later changes of ``model``."""
 
     def __init__(self, model: WaveGlow, dtype: torch.dtype = torch.bfloat16,
                  use_onednn: bool | None = None, max_rows: int = DEFAULT_MAX_ROWS,
                  tile_rows: int = DEFAULT_TILE_ROWS) -> None:
         config = model.config
         self.config = config
+        self.device = torch.device("cpu")
         self.dtype = dtype
         self.use_onednn = onednn_available(dtype) if use_onednn is None else use_onednn
         self.max_rows = max_rows
@@ -266,14 +270,9 @@ class FastWaveGlow:
                 packed[lo:hi] = noise[b, :, :hi - lo].t()
             return packed
 
-        n_early = sum(c.is_early_flow(k) for k in range(c.n_flows))
-        audio = sigma * rows_of(z[:, n_early * c.n_early_size:, :])
-        for k in reversed(range(c.n_flows)):
-            audio = self._flow(k, audio, left, gaps)
-            if c.is_early_flow(k):
-                n_early -= 1
-                start = n_early * c.n_early_size
-                audio = torch.cat([sigma * rows_of(z[:, start:start + c.n_early_size, :]), audio], 1)
+        audio = reverse_flows(c, lambda lo, hi: sigma * rows_of(z[:, lo:hi, :]),
+                              lambda k, audio_0: self._coupling(k, audio_0, left, gaps),
+                              lambda k, joined: self._mix_inverse(k, joined, gaps))
         return audio, spans
 
     def _shift_taps(self, left: Tensor, gaps: list[tuple[int, int]], dilation: int) -> None:
@@ -301,16 +300,14 @@ class FastWaveGlow:
             elif shift > 0:
                 tap[:-shift].copy_(center[shift:])
 
-    def _flow(self, k: int, audio: Tensor, left: Tensor, gaps: list[tuple[int, int]]) -> Tensor:
-        c, flow, ch = self.config, self.flows[k], self.config.n_channels
+    def _coupling(self, k: int, audio_0: Tensor, left: Tensor, gaps: list[tuple[int, int]]
+                  ) -> Tensor:
+        """Flow ``k``'s WN on the conditioning half: (R, 2 n_half) float32, (b, log s)."""
+        flow, ch = self.flows[k], self.config.n_channels
         half = (self.taps - 1) // 2
-        n_half = audio.size(1) // 2
-        swap = c.alternate_halves and k % 2
-        audio_0, audio_1 = ((audio[:, n_half:], audio[:, :n_half]) if swap
-                            else (audio[:, :n_half], audio[:, n_half:]))
         x = left[:, half * ch:(half + 1) * ch]                     # the residual stream
         x.copy_(torch.addmm(flow.start_b, audio_0, flow.start_w))
-        end = flow.end_b.expand(audio.size(0), -1).clone()         # (R, 2 n_half) float32
+        end = flow.end_b.expand(audio_0.size(0), -1).clone()       # (R, 2 n_half) float32
         n_layers, n_rows = len(flow.layers), left.size(0)
         for i, layer in enumerate(flow.layers):
             self._shift_taps(left, gaps, self.dilations[i])
@@ -328,54 +325,10 @@ class FastWaveGlow:
                 else:
                     x[lo:hi] += out[:, :ch]
                     end[lo:hi] += out[:, ch:]
-        b, s = end[:, :n_half], end[:, n_half:]
-        audio_1 = (audio_1 - b) / torch.exp(s)
-        joined = torch.cat([audio_1, audio_0] if swap else [audio_0, audio_1], 1)
+        return end
+
+    def _mix_inverse(self, k: int, joined: Tensor, gaps: list[tuple[int, int]]) -> Tensor:
+        """The inverse 1x1 of flow ``k`` on (R, n) rows."""
         for lo, hi in gaps:  # keep the gaps finite and zero
             joined[lo:hi] = 0
-        return torch.mm(joined, flow.inverse_t)
-
-
-# Fast paths prepared when a model was loaded (from its float32 weights, before the cast to
-# bfloat16), keyed by the model and checked against its parameters' identity and version.
-_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: WaveGlow) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
-
-
-def register(model: WaveGlow, fast: FastWaveGlow) -> None:
-    """Use ``fast`` for ``model`` while its parameters stay as they are now."""
-    _PREPARED[model] = (fast, _fingerprint(model))
-
-
-def fast_path_for(model: WaveGlow) -> FastWaveGlow:
-    """The fast path of ``model``: the one prepared at load time (see
-    :meth:`Checkpoint.build_model <waveglow_cli.checkpoint.Checkpoint.build_model>`: folded from
-    the float32 weights, with float32 1x1 inverses), or, if there is none or the weights have
-    changed since, one folded from the model's current weights."""
-    entry = _PREPARED.get(model)
-    if entry is not None and entry[1] == _fingerprint(model):
-        return entry[0]
-    fast = FastWaveGlow(model)
-    register(model, fast)
-    return fast
-
-
-def flops_per_sample(config) -> float:
-    """Multiply-adds x 2 of one output sample for :meth:`WaveGlow.infer` (convolutions only),
-    as the reference computes it: per grouped step and flow the start, cond, dilated, res/skip
-    and end 1x1s; divided by the group size.  About 20.3 MFLOP for the 256-channel model."""
-    c, n_cond = config.n_channels, config.n_mel_channels * config.n_group
-    total = 0.0
-    for channels in config.channels_per_flow():
-        n_half = channels // 2
-        per_step = n_half * c + n_cond * 2 * c * config.n_layers + c * 2 * n_half
-        for i in range(config.n_layers):
-            per_step += config.kernel_size * c * 2 * c
-            per_step += c * (2 * c if i < config.n_layers - 1 else c)
-        per_step += channels * channels  # the 1x1 inverse
-        total += 2 * per_step
-    upsample = 2 * config.n_mel_channels ** 2 * config.upsample_kernel / config.hop_length
-    return total / config.n_group + upsample
+        return torch.mm(joined, self.flows[k].inverse_t)

@@ -109,7 +109,7 @@ def part_name(name: str, pid: int | None = None) -> str:
             f"{PART_SUFFIX}")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` may still exist; only a definite "no such process" says no."""
     if pid <= 0 or pid == os.getpid():
         return True
@@ -135,7 +135,7 @@ def remove_stale_parts(folder: str | os.PathLike[str]) -> list[Path]:
         return removed
     for entry in entries:
         match = _PART.match(entry.name)
-        if match is None or match["host"] != _HOST or _alive(int(match["pid"])):
+        if match is None or match["host"] != _HOST or pid_alive(int(match["pid"])):
             continue
         try:
             if entry.is_file(follow_symlinks=False):
@@ -221,7 +221,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
         write(tmp)
         # The writer may have recreated the file; set the mode on what is there now.
         os.chmod(tmp, new_file_mode() if mode is None else mode)
-        _publish(tmp, target, overwrite)
+        publish(tmp, target, overwrite=overwrite)
     except WaveGlowError:
         raise
     except OSError as e:
@@ -256,8 +256,17 @@ _NO_HARD_LINKS = frozenset(e for e in (errno.EPERM, errno.EXDEV, errno.EMLINK, e
                                        getattr(errno, "EOPNOTSUPP", None)) if e is not None)
 
 
-def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Give ``tmp``'s file the name ``target``: replacing (``overwrite``) or only if free."""
+def publish(tmp: Path, target: Path, *, overwrite: bool, durable: bool = False) -> None:
+    """Give the finished file ``tmp`` (in ``target``'s folder) the name ``target``: replacing
+    it atomically (``overwrite``) or only if the name is free (else
+    :class:`OutputExistsError`).  ``durable``: its bytes reach the disk before the rename (a
+    download that took minutes is not lost to a power cut right after).
+
+    The one place a finished file gets its final name: :func:`atomic_write` uses it for its
+    temporary file, the downloader for a verified ``.partial`` (kept under that name until
+    then, so that a cut download can be resumed)."""
+    if durable:
+        _fsync(tmp)
     if overwrite:
         os.replace(tmp, target)
         return
@@ -294,6 +303,23 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
         raise
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_files(*paths: Path) -> None:
+    """Delete each of ``paths`` that exists (a missing one is no error)."""
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def _rename_noreplace(tmp: Path, target: Path) -> bool:
     """renameat2(..., RENAME_NOREPLACE) (Linux >= 3.15, glibc >= 2.28): an atomic rename that
     fails if the target exists.  False where the system or filesystem lacks it."""
@@ -321,5 +347,6 @@ def _rename_noreplace(tmp: Path, target: Path) -> bool:
     raise OSError(code, os.strerror(code), str(target))
 
 
-__all__ = ["atomic_write", "write_json", "remove_stale_parts", "part_name", "new_file_mode", "current_umask",
-           "refuse_non_regular", "describe_os_error", "PART_SUFFIX"]
+__all__ = ["atomic_write", "write_json", "publish", "remove_files", "remove_stale_parts",
+           "part_name", "pid_alive", "new_file_mode", "current_umask", "refuse_non_regular",
+           "describe_os_error", "PART_SUFFIX"]

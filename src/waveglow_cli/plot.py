@@ -11,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WaveGlowError
+from .errors import PlotUnavailableError
 from .mel import MelConfig
 
-
-class PlotUnavailableError(WaveGlowError, ImportError):
-    def __init__(self) -> None:
-        super().__init__("plotting needs matplotlib: pip install 'waveglow-cli[plot]'")
+__all__ = ["PlotUnavailableError", "plot_signals", "require_matplotlib"]
 
 
 def require_matplotlib() -> None:

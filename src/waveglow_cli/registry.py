@@ -1,7 +1,8 @@
 """The checkpoint registry: ``checkpoints.toml`` (shipped) plus ``WAVEGLOW_REGISTRY`` entries.
 
-Resolution turns what a user typed (a path, a short name or an alias) into a local file:
-an existing path wins; a registry name maps to its file in the cache.
+It names checkpoints and says where they come from; it knows nothing of the cache (which
+uses it: :func:`waveglow_cli.cache.ensure_checkpoint` turns what a user typed, a path, a short
+name or an alias, into a local file).
 """
 
 from __future__ import annotations
@@ -136,78 +137,112 @@ class RegistryEntry:
         """Validate one registry table: every value's type, and every value that becomes a path
         through :func:`name_problem`.  A bad value is a :class:`UsageError` naming the file,
         the entry and the field."""
-        def fail(reason: str) -> UsageError:
-            return UsageError(f"{origin}: entry [{name}]: {reason}")
-
-        def field_problem(key: str, problem: str | None) -> None:
-            if problem is not None:
-                raise fail(f"'{key}' {problem}")
-
+        check = _TableCheck(name, origin)
         if not _NAME.fullmatch(name) or name_problem(name) is not None:
-            raise fail("a checkpoint name may hold only letters, digits, '.', '_' and '-', "
-                       f"at most {MAX_NAME_LENGTH} of them, and no '..' (it names a folder "
-                       "in the cache)")
-        bundled = table.get("bundled")
-        if bundled is not None:
-            field_problem("bundled", (problem := _inner_path_problem(bundled))
-                          and f"must be a path inside the package: {bundled!r} {problem}")
-        urls = table.get("urls", [] if bundled else None)
-        if not isinstance(urls, list) or not (urls or bundled):
-            raise fail("'urls' must be a non-empty list of strings")
-        for i, url in enumerate(urls, 1):
-            field_problem("urls", (problem := _url_problem(url))
-                          and f"item {i} ({url!r}) {problem}")
-        aliases = table.get("aliases", [])
-        if not isinstance(aliases, list):
-            raise fail(f"'aliases' must be a list of names, not {type(aliases).__name__}")
-        for alias in aliases:
-            field_problem("aliases", (problem := name_problem(alias))
-                          and f"item {alias!r} {problem}")
-        # NVIDIA publishes neither hashes nor byte sizes for most checkpoints; an entry without
-        # both is verified by structure on download and its sha256 recorded then.
-        sha = table.get("sha256")
-        if sha is not None and (not isinstance(sha, str) or len(sha) != 64
-                                or any(c not in "0123456789abcdef" for c in sha.lower())):
-            raise fail("'sha256' must be 64 hex digits")
-        size = table.get("size")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
-                                 or size <= 0):
-            raise fail("'size' must be a positive integer (bytes)")
-        archive = table.get("archive")
-        if archive not in (None, "zip"):
-            raise fail("'archive' must be \"zip\"")
-        member = table.get("member")
-        if archive and member is None:
-            raise fail("an 'archive' needs a 'member'")
-        if member is not None:
-            field_problem("member", (problem := _inner_path_problem(member))
-                          and f"must be a relative path inside the archive: {member!r} "
-                              f"{problem}")
-        for key in ("description", "license"):
-            if not isinstance(table.get(key, ""), str):
-                raise fail(f"'{key}' must be a string")
-        sample_rate = table.get("sample_rate", 22050)
-        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) \
-                or not 1 <= sample_rate <= 1_000_000:
-            raise fail(f"'sample_rate' must be a whole number of Hz (1 to 1000000), "
-                       f"not {sample_rate!r}")
-        mel = table.get("mel", {})
-        if not isinstance(mel, Mapping):
-            raise fail("'mel' must be a table")
-        for key, value in mel.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise fail(f"'mel.{key}' must be a number, not {value!r}")
+            raise check.fail("a checkpoint name may hold only letters, digits, '.', '_' and "
+                             f"'-', at most {MAX_NAME_LENGTH} of them, and no '..' (it names a "
+                             "folder in the cache)")
+        bundled, urls = check.origin_fields(table)
+        aliases = check.aliases(table)
+        sha, size = check.integrity(table)
+        archive, member = check.archive(table)
+        sample_rate, mel = check.description(table)
         entry = cls(name=name, urls=tuple(urls), aliases=tuple(aliases),
                     sha256=sha.lower() if sha else None, size=size, archive=archive,
                     member=member, description=table.get("description", ""),
                     license=table.get("license", ""), sample_rate=sample_rate, mel=dict(mel),
                     bundled=bundled)
-        field_problem("file name", (problem := name_problem(entry.filename))
-                      and f"{entry.filename!r} {problem}")
+        check.field("file name", (problem := name_problem(entry.filename))
+                    and f"{entry.filename!r} {problem}")
         if entry.filename in _RESERVED_NAMES:
-            raise fail(f"its file name {entry.filename!r} (from 'member', 'bundled', 'urls' or "
-                       "'aliases') is reserved for the cache's own records")
+            raise check.fail(f"its file name {entry.filename!r} (from 'member', 'bundled', "
+                             "'urls' or 'aliases') is reserved for the cache's own records")
         return entry
+
+
+@dataclass(frozen=True)
+class _TableCheck:
+    """The checks of one registry table, field group by field group; each raises a
+    :class:`UsageError` naming the file, the entry and the field."""
+
+    name: str
+    origin: str
+
+    def fail(self, reason: str) -> UsageError:
+        return UsageError(f"{self.origin}: entry [{self.name}]: {reason}")
+
+    def field(self, key: str, problem: str | None) -> None:
+        if problem is not None:
+            raise self.fail(f"'{key}' {problem}")
+
+    def origin_fields(self, table: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+        """(bundled, urls): where the checkpoint comes from."""
+        bundled = table.get("bundled")
+        if bundled is not None:
+            self.field("bundled", (problem := _inner_path_problem(bundled))
+                       and f"must be a path inside the package: {bundled!r} {problem}")
+        urls = table.get("urls", [] if bundled else None)
+        if not isinstance(urls, list) or not (urls or bundled):
+            raise self.fail("'urls' must be a non-empty list of strings")
+        for i, url in enumerate(urls, 1):
+            self.field("urls", (problem := _url_problem(url))
+                       and f"item {i} ({url!r}) {problem}")
+        return bundled, urls
+
+    def aliases(self, table: Mapping[str, Any]) -> list[str]:
+        aliases = table.get("aliases", [])
+        if not isinstance(aliases, list):
+            raise self.fail(f"'aliases' must be a list of names, not {type(aliases).__name__}")
+        for alias in aliases:
+            self.field("aliases", (problem := name_problem(alias))
+                       and f"item {alias!r} {problem}")
+        return aliases
+
+    def integrity(self, table: Mapping[str, Any]) -> tuple[str | None, int | None]:
+        """(sha256, size).  NVIDIA publishes neither hashes nor byte sizes for most
+        checkpoints; an entry without both is verified by structure on download and its
+        sha256 recorded then."""
+        sha = table.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64
+                                or any(c not in "0123456789abcdef" for c in sha.lower())):
+            raise self.fail("'sha256' must be 64 hex digits")
+        size = table.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                                 or size <= 0):
+            raise self.fail("'size' must be a positive integer (bytes)")
+        return sha, size
+
+    def archive(self, table: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """(archive, member)."""
+        archive = table.get("archive")
+        if archive not in (None, "zip"):
+            raise self.fail("'archive' must be \"zip\"")
+        member = table.get("member")
+        if archive and member is None:
+            raise self.fail("an 'archive' needs a 'member'")
+        if member is not None:
+            self.field("member", (problem := _inner_path_problem(member))
+                       and f"must be a relative path inside the archive: {member!r} "
+                           f"{problem}")
+        return archive, member
+
+    def description(self, table: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]]:
+        """(sample_rate, mel); description and license are checked to be strings."""
+        for key in ("description", "license"):
+            if not isinstance(table.get(key, ""), str):
+                raise self.fail(f"'{key}' must be a string")
+        sample_rate = table.get("sample_rate", 22050)
+        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) \
+                or not 1 <= sample_rate <= 1_000_000:
+            raise self.fail(f"'sample_rate' must be a whole number of Hz (1 to 1000000), "
+                            f"not {sample_rate!r}")
+        mel = table.get("mel", {})
+        if not isinstance(mel, Mapping):
+            raise self.fail("'mel' must be a table")
+        for key, value in mel.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise self.fail(f"'mel.{key}' must be a number, not {value!r}")
+        return sample_rate, mel
 
 
 def _parse(text: str, origin: str) -> dict[str, RegistryEntry]:
@@ -318,35 +353,3 @@ def newest_run_checkpoint(folder: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in folder.iterdir()
              if (m := _RUN_CHECKPOINT.fullmatch(p.name)) and p.is_file()]
     return max(found)[1] if found else None
-
-
-def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
-                      registry: Registry | None = None) -> Path:
-    """A local file for ``spec``: an existing path as it is; a registry name or alias from the
-    cache (its safetensors copy when there is one), downloaded, verified and cached first if
-    it is not there yet, unless ``settings.offline``.
-
-    ``progress`` receives the download's progress (see :mod:`waveglow_cli.download`)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and (newest := newest_run_checkpoint(path)) is not None:
-        return newest  # a `waveglow train` run folder: its latest checkpoint
-    if path.exists():
-        return path
-    registry = registry or Registry.load(settings)
-    entry = registry.find(spec)
-    if entry is None:
-        raise unknown_checkpoint_error(spec, registry)
-    from .cache import cached_file, fetch_checkpoint
-
-    if entry.bundled is not None:
-        return bundled_checkpoint(entry)
-    local = cached_file(entry, settings)
-    if local is not None:
-        return local
-    if settings.offline:
-        raise CheckpointNotAvailableError(
-            f"checkpoint {entry.name!r} is not downloaded (looked in "
-            f"{settings.checkpoint_dir / entry.name}) and offline mode (WAVEGLOW_OFFLINE=1 or "
-            f"--offline) forbids fetching it; run `waveglow fetch {entry.name}` while online, "
-            f"or pass --checkpoint PATH")
-    return fetch_checkpoint(entry, settings, progress=progress).path

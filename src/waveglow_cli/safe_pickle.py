@@ -44,26 +44,11 @@ from typing import Any
 
 import torch
 
+from .errors import RefusedPickle, UnsafeGlobal
+
 # Deepest nesting of containers accepted.  A pickled NVIDIA WaveGlow is about 12 levels deep
 # (dict > module > __dict__ > _modules > ModuleList > ... > weight-norm hook).
 MAX_DEPTH = 100
-
-
-class UnsafeGlobal(pickle.UnpicklingError):
-    """Raised for a global outside the allow-list; ``name`` is 'module.qualname'."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"global '{name}' is not allowed")
-
-
-class RefusedPickle(pickle.UnpicklingError):
-    """The pickle asks for something we never do (mutate a callable, allocate more than the
-    file holds, nest too deep ...); ``reason`` says what, in one line."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 class InertObject:

@@ -23,7 +23,6 @@ Exactness: every item's audio is, up to float rounding, what synthesising it alo
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .engine import Engine, as_engine
 from .model import WaveGlow, WaveGlowConfig
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
@@ -81,10 +81,9 @@ class BatchOptions:
 
 
 def context_margin(config: WaveGlowConfig) -> int:
-    """Frames of context a piece needs on each side for its interior to be exact."""
-    steps = config.n_flows * config.receptive_field_steps()
-    samples = steps * config.n_group + config.upsample_kernel
-    return math.ceil(samples / config.hop_length)
+    """Frames of context a piece needs on each side for its interior to be exact
+    (:meth:`WaveGlowConfig.context_frames`)."""
+    return config.context_frames()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,10 +122,10 @@ def noise_steps(seed: int, groups: int, lo: int, hi: int) -> torch.Tensor:
     return out
 
 
-def item_noise(model: WaveGlow, frames: int, seed: int | None, key: str) -> torch.Tensor:
+def item_noise(config: WaveGlowConfig, frames: int, seed: int | None, key: str) -> torch.Tensor:
     """Standard-normal noise (G, T) for one whole item, on the CPU (what :class:`Synthesizer`
     draws piece by piece)."""
-    _, groups, steps = model.noise_shape(1, frames)
+    _, groups, steps = config.noise_shape(1, frames)
     return noise_steps(noise_seed(seed, key), groups, 0, steps)
 
 
@@ -222,69 +221,6 @@ def return_freed_memory_promptly() -> bool:
         return False
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA, then MPS, then CPU; explicit names are checked for availability."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} "
-                             "CUDA device(s) exist")
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError("device 'mps' requested but MPS is not available")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (AMX or AVX512-BF16) and oneDNN
-    can run the fast path's fused products; elsewhere bf16 would be emulated and slower."""
-    import torch.cpu
-
-    from .fastpath import onednn_available
-
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    try:
-        native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    except RuntimeError:
-        native = False
-    return native and onednn_available(torch.bfloat16)
-
-
-def pick_dtype(precision: str, device: torch.device, sigma: float | None = None) -> torch.dtype:
-    """The compute dtype for ``--precision``.
-
-    ``auto`` is bf16 (the CPU fast path, about 4x faster) on a CPU with native bf16 matrix
-    products when noise is sampled (``sigma`` > 0): its rounding sits about 40-50 dB below the
-    signal, far under the sampled noise itself.  Everywhere else ``auto`` is float32, and always
-    at ``sigma`` 0, the deterministic mode that is compared against NVIDIA's reference: float32
-    matches it to float rounding, reduced precision cannot.  GPUs stay float32 under ``auto``
-    until their reduced-precision quality and speed are measured here; fp16/bf16 are taken on
-    any device when asked for."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision == "auto":
-        if device.type == "cpu" and sigma is not None and sigma > 0 and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
-    if precision not in table:
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
-    return table[precision]
-
-
 class StreamingDenoiser:
     """The denoiser applied to a signal that arrives in blocks, equal to denoising it whole.
 
@@ -346,18 +282,18 @@ class Synthesizer:
     """Batched, chunked synthesis of many items, streamed: :meth:`stream` hands on each item's
     audio front to back as its pieces finish; :meth:`run` gives whole items."""
 
-    model: WaveGlow
+    engine: Engine | WaveGlow  # a WaveGlow is wrapped by :func:`~waveglow_cli.engine.as_engine`
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
     batch: BatchOptions = field(default_factory=BatchOptions)
     denoiser: Denoise | None = None
 
     def __post_init__(self) -> None:
-        config = self.model.config
+        self.engine = as_engine(self.engine)
+        config = self.config = self.engine.config
         self.margin = context_margin(config)
         # Chunking needs whole grouped steps per frame to slice the noise by frame.
         self.can_chunk = config.hop_length % config.n_group == 0
-        param = next(self.model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = self.engine.device, self.engine.dtype
 
     def run(self, items: Iterable[tuple[str, MelLike]]
             ) -> Iterator[tuple[str, np.ndarray | Exception]]:
@@ -380,7 +316,7 @@ class Synthesizer:
         a failed item yields (key, exception, True) once instead.  The blocks join to exactly
         what :meth:`run` gives.  Keys in ``cancelled`` (the caller gave up on them) are not
         computed further."""
-        config = self.model.config
+        config = self.config
         state: dict[int, _Item] = {}
         whole: list[Piece] = []
         chunked: list[Piece] = []
@@ -407,7 +343,7 @@ class Synthesizer:
             outputs = self._infer_with_retry(batch, state)
         except Exception as e:  # noqa: BLE001 - an item's failure must not stop the others
             outputs = [e] * len(batch)
-        hop = self.model.config.hop_length
+        hop = self.config.hop_length
         for piece, out in sorted(zip(batch, outputs), key=lambda pair: (pair[0].item, pair[0].start)):
             item = state[piece.item]
             if item.closed:
@@ -457,40 +393,33 @@ class Synthesizer:
 
     @torch.inference_mode()
     def _infer(self, batch: list[Piece], state: dict[int, _Item]) -> list[np.ndarray]:
-        config = self.model.config
+        config = self.config
         longest = max(p.frames for p in batch)
         mel = torch.zeros(len(batch), config.n_mel_channels, longest)
-        _, groups, steps = self.model.noise_shape(len(batch), longest)
+        _, groups, steps = config.noise_shape(len(batch), longest)
         z = torch.zeros(len(batch), groups, steps)
         for row, piece in enumerate(batch):
             item = state[piece.item]
             # Only this piece's frames are read (a memory-mapped mel stays on disk).
             mel[row, :, :piece.frames] = torch.from_numpy(
                 np.asarray(item.mel[:, piece.lo:piece.hi], dtype=np.float32))
-            _, _, lo = self.model.noise_shape(1, piece.lo)
-            _, _, hi = self.model.noise_shape(1, piece.hi)
+            _, _, lo = config.noise_shape(1, piece.lo)
+            _, _, hi = config.noise_shape(1, piece.hi)
             z[row, :, :hi - lo] = noise_steps(item.seed, groups, lo, hi)
         lengths = torch.tensor([p.frames for p in batch])
         mask_lengths = None if len(batch) == 1 else lengths
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            # bf16 on the CPU: (time, channels) matmuls (see fastpath); float32 stays exact.
-            from .fastpath import fast_path_for
-
-            audio = fast_path_for(self.model).infer(mel, sigma=self.options.sigma, z=z,
-                                                    lengths=mask_lengths)
-        else:
-            audio = self.model.infer(mel.to(self.device, self.dtype), sigma=self.options.sigma,
-                                     z=z, lengths=mask_lengths)
+        audio = self.engine.infer(mel, self.options.sigma, z, mask_lengths)
         audio = audio.float().cpu().numpy()
         return [audio[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]
 
 
-def synthesize(model: WaveGlow, mel: np.ndarray | torch.Tensor, options: SynthesisOptions,
-               key: str = "", denoiser: Denoise | None = None,
+def synthesize(engine: Engine | WaveGlow, mel: np.ndarray | torch.Tensor,
+               options: SynthesisOptions, key: str = "", denoiser: Denoise | None = None,
                batch: BatchOptions | None = None) -> np.ndarray:
-    """One (n_mels, frames) mel -> float32 audio of frames * hop samples (not clipped)."""
+    """One (n_mels, frames) mel -> float32 audio of frames * hop samples (not clipped).
+    ``engine`` as for :class:`Synthesizer`."""
     mel_np = mel.detach().cpu().float().numpy() if isinstance(mel, torch.Tensor) else mel
-    runner = Synthesizer(model, options, batch or BatchOptions(), denoiser)
+    runner = Synthesizer(engine, options, batch or BatchOptions(), denoiser)
     [(_, audio)] = list(runner.run([(key, np.asarray(mel_np, dtype=np.float32))]))
     if isinstance(audio, Exception):
         raise audio

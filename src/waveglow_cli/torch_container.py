@@ -29,18 +29,14 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .safe_pickle import (BoundedReader, RefusedPickle, StorageRef, StorageType,
-                          check_structure, load)
+from .errors import ContainerError, RefusedPickle
+from .safe_pickle import BoundedReader, StorageRef, StorageType, check_structure, load
 
 # torch.serialization's constants for the legacy stream.
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
 TAR_REFUSAL = "tar archive: the torch<=0.3 container is not supported (no published WaveGlow uses it)"
-
-
-class ContainerError(ValueError):
-    """The container around the pickle is malformed; the message is the one-line reason."""
 
 
 def is_tar_header(block: bytes) -> bool:
@@ -63,8 +59,8 @@ def read_torch_file(f: BinaryIO, kind: str) -> tuple[Any, str]:
 
     Returns the object (tensors are checked views of the file's bytes) and the container
     name ('zip' or 'legacy').  Raises :class:`ContainerError`, ``EOFError`` for a file that
-    ends early, :class:`~waveglow_cli.safe_pickle.UnsafeGlobal` /
-    :class:`~waveglow_cli.safe_pickle.RefusedPickle` for a pickle we will not run."""
+    ends early, :class:`~waveglow_cli.errors.UnsafeGlobal` /
+    :class:`~waveglow_cli.errors.RefusedPickle` for a pickle we will not run."""
     # Copy-on-write: the mapping is writable (torch.frombuffer wants that) but nothing written
     # to it ever reaches the file.
     mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)

@@ -4,19 +4,71 @@
     vocoder = load_vocoder("universal", device="cuda")
     audio = vocoder(mel, sigma=0.6)          # (n_mels, F) or (B, n_mels, F), tensor or numpy
     scores = vocoder.score(audio)            # exact log-likelihood of audio under the model
+
+:func:`load_vocoder` is the one loader (every command uses it): resolve a registry name or
+path (fetching on first use unless offline), read the checkpoint safely, choose the engine
+for the device and precision once, and find the mel settings the checkpoint expects.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .cache import ensure_checkpoint
+from .checkpoint import Checkpoint, read_checkpoint
+from .engine import Engine, pick_device, pick_dtype
 from .mel import MelConfig, mel_spectrogram
-from .model import WaveGlow, waveglow_loss
-from .synthesis import BatchOptions, SynthesisOptions, Synthesizer, pick_device
+from .model import WaveGlow, WaveGlowConfig, waveglow_loss
+from .registry import Registry, RegistryEntry
+from .settings import Settings
+from .synthesis import BatchOptions, SynthesisOptions, Synthesizer
+
+Denoise = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mel settings
+
+
+def mel_config_for(checkpoint: Checkpoint | None, entry: RegistryEntry | None) -> MelConfig:
+    """The mel settings a checkpoint expects: stored with it, else its registry entry's, else
+    NVIDIA's Tacotron 2 defaults (with the checkpoint's mel count and sample rate)."""
+    values: dict = {}
+    if entry is not None:
+        values.update(entry.mel)
+        values["sample_rate"] = entry.sample_rate
+    if checkpoint is not None:
+        values["sample_rate"] = checkpoint.sample_rate
+        values["n_mels"] = checkpoint.config.n_mel_channels
+        values["hop_length"] = checkpoint.config.hop_length
+        values.update(checkpoint.mel or {})
+    return MelConfig.from_dict(values)
+
+
+def registry_entry_for(spec: str, settings: Settings) -> RegistryEntry | None:
+    """The registry entry ``spec`` names (None for a path that exists)."""
+    if Path(spec).expanduser().exists():
+        return None
+    return Registry.load(settings).find(spec)
+
+
+def mel_settings_for(spec: str, settings: Settings, progress: Any = None) -> MelConfig:
+    """The mel settings of a registry name (no download needed) or a checkpoint file."""
+    entry = registry_entry_for(spec, settings)
+    if entry is not None:
+        return mel_config_for(None, entry)
+    return mel_config_for(read_checkpoint(ensure_checkpoint(spec, settings, progress)), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The vocoder
 
 
 @dataclass(frozen=True)
@@ -39,18 +91,53 @@ class Score:
 
 
 class Vocoder:
-    """A loaded WaveGlow with its mel settings: mel -> audio, and audio -> likelihood."""
+    """A loaded WaveGlow with its mel settings: mel -> audio, and audio -> likelihood.
 
-    def __init__(self, model: WaveGlow, mel_config: MelConfig, sample_rate: int,
-                 batch: BatchOptions | None = None) -> None:
-        self.model = model
+    ``engine`` runs inference (chosen once for the device and precision: the eager model, or
+    the CPU bf16 fast path); ``denoiser`` is NVIDIA's bias-spectrum denoiser when asked for."""
+
+    def __init__(self, engine: Engine, checkpoint: Checkpoint, mel_config: MelConfig,
+                 denoiser: Denoise | None = None, batch: BatchOptions | None = None) -> None:
+        self.engine = engine
+        self.checkpoint = checkpoint
         self.mel_config = mel_config
-        self.sample_rate = sample_rate
+        self.denoiser = denoiser
         self.batch = batch or BatchOptions()
+        self._float32_model: WaveGlow | None = None  # built for score() when the engine has none
+
+    @property
+    def sample_rate(self) -> int:
+        return self.checkpoint.sample_rate
+
+    @property
+    def config(self) -> WaveGlowConfig:
+        return self.engine.config
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.engine.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.dtype
+
+    @property
+    def model(self) -> WaveGlow:
+        """The eager model (its ``forward`` gives the likelihood): the engine's own, else (the
+        CPU fast path holds folded weights, not a module) a float32 one on the engine's
+        device, built once."""
+        model = getattr(self.engine, "model", None)
+        if isinstance(model, WaveGlow):
+            return model
+        if self._float32_model is None:
+            self._float32_model = self.checkpoint.build_model(self.device, torch.float32)
+        return self._float32_model
+
+    def synthesizer(self, options: SynthesisOptions | None = None,
+                    batch: BatchOptions | None = None) -> Synthesizer:
+        """A :class:`Synthesizer` over this vocoder's engine (and denoiser)."""
+        return Synthesizer(self.engine, options or SynthesisOptions(), batch or self.batch,
+                           self.denoiser)
 
     def __call__(self, mel: torch.Tensor | np.ndarray, sigma: float = 0.6,
                  seed: int | None = None) -> torch.Tensor:
@@ -60,10 +147,11 @@ class Vocoder:
         mel_t = torch.as_tensor(mel, dtype=torch.float32)
         single = mel_t.dim() == 2
         batch = mel_t[None] if single else mel_t
-        if batch.dim() != 3 or batch.size(1) != self.model.config.n_mel_channels:
+        n_mels = self.config.n_mel_channels
+        if batch.dim() != 3 or batch.size(1) != n_mels:
             raise ValueError(f"mel of shape {tuple(mel_t.shape)}; expected (n_mels, frames) or "
-                             f"(batch, n_mels, frames) with n_mels={self.model.config.n_mel_channels}")
-        runner = Synthesizer(self.model, SynthesisOptions(sigma=sigma, seed=seed), self.batch)
+                             f"(batch, n_mels, frames) with n_mels={n_mels}")
+        runner = Synthesizer(self.engine, SynthesisOptions(sigma=sigma, seed=seed), self.batch)
         items = [(str(i), batch[i].numpy()) for i in range(batch.size(0))]
         results = dict(runner.run(items))
         rows = []
@@ -81,11 +169,12 @@ class Vocoder:
     @torch.inference_mode()
     def score(self, audio: torch.Tensor | np.ndarray, sigma: float = 1.0) -> Score:
         """Likelihood of one (S,) waveform at the vocoder's sample rate (see :class:`Score`)."""
+        model = self.model
         audio_t = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
         mel = mel_spectrogram(audio_t, self.mel_config)
-        param = next(self.model.parameters())
-        z, log_s, log_det = self.model(mel.to(param.device, param.dtype),
-                                       audio_t[None].to(param.device, param.dtype))
+        param = next(model.parameters())
+        z, log_s, log_det = model(mel.to(param.device, param.dtype),
+                                  audio_t[None].to(param.device, param.dtype))
         z = z.float()
         log_s = [t.float() for t in log_s]
         log_det = [t.float() for t in log_det]
@@ -94,13 +183,31 @@ class Vocoder:
         return Score(loss, nats, nats / math.log(2), int(z.numel()))
 
 
-def load_vocoder(checkpoint: str = "universal", device: str | torch.device = "auto",
-                 dtype: torch.dtype = torch.float32) -> Vocoder:
-    """Load a checkpoint by registry name or path (fetching a registry checkpoint on first use
-    unless offline) and return a :class:`Vocoder` on ``device`` ('auto': CUDA, MPS, CPU)."""
-    from .api import open_checkpoint
-    from .settings import Settings
+def _denoiser_for(engine: Engine) -> Denoise:
+    from .denoiser import Denoiser
 
+    return Denoiser.for_engine(engine)
+
+
+def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
+                 dtype: torch.dtype | None = None, *, precision: str = "fp32",
+                 settings: Settings | None = None, denoise: bool = False,
+                 progress: Any = None) -> Vocoder:
+    """Load a checkpoint by registry name or path and return a :class:`Vocoder`.
+
+    A registry checkpoint not yet cached is fetched first (unless offline), reporting to
+    ``progress`` (see :mod:`waveglow_cli.progress`; None: silent).  ``device``: 'auto' (CUDA,
+    MPS, CPU) or a name or ``torch.device``.  The compute type is ``dtype`` when given, else
+    ``precision`` ('fp32', 'fp16', 'bf16'; 'auto' is fp32 here: synthesis chooses bf16 only
+    when noise is sampled, see :func:`~waveglow_cli.engine.pick_dtype`).  ``settings``:
+    where the cache and registry are (default: from the environment).  ``denoise`` prepares
+    NVIDIA's denoiser (used by synthesis with a denoiser strength)."""
+    settings = settings if settings is not None else Settings.from_env()
     torch_device = pick_device(device) if isinstance(device, str) else device
-    loaded = open_checkpoint(checkpoint, torch_device, Settings.from_env(), dtype=dtype)
-    return Vocoder(loaded.model, loaded.mel_config, loaded.sample_rate)
+    if dtype is None:
+        dtype = pick_dtype(precision, torch_device)
+    checkpoint = read_checkpoint(ensure_checkpoint(spec, settings, progress))
+    engine = checkpoint.engine(torch_device, dtype)  # chosen once, here
+    denoiser = _denoiser_for(engine) if denoise else None
+    mel_config = mel_config_for(checkpoint, registry_entry_for(spec, settings))
+    return Vocoder(engine, checkpoint, mel_config, denoiser)

@@ -1,0 +1,92 @@
+"""The ``waveglow`` command: thin Typer commands over the library.
+
+Exit codes: 0 everything worked, 1 some input failed, 2 usage error.  Messages are one line
+on stderr; ``WAVEGLOW_DEBUG=1`` adds the traceback.  Standard output carries data only
+(WAV or .npy bytes for ``-o -``).
+
+Each command module declares its options, calls the library (:mod:`waveglow_cli.jobs`,
+:mod:`waveglow_cli.vocoder`, ...) and maps errors to exit codes through
+:func:`~waveglow_cli.cli.common.errors_to_exit`.  Importing this package imports no torch, so
+``waveglow --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from ..errors import WaveGlowError
+from ..settings import Settings
+from .analysis import plot, score
+from .bench import bench
+from .checkpoints import convert, fetch, info, list_checkpoints, rm
+from .common import EXIT_INPUT_FAILED, stderr_console
+from .mel import mel
+from .synth import synth
+from .train import train
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="WaveGlow vocoder: mel spectrograms to audio, exactly as NVIDIA's "
+                       "reference, on CPU, CUDA or MPS.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(f"waveglow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """WaveGlow vocoder."""
+
+
+# In the order `waveglow --help` lists them.
+app.command()(synth)
+app.command()(mel)
+app.command()(info)
+app.command()(convert)
+app.command()(fetch)
+app.command("list")(list_checkpoints)
+app.command()(rm)
+app.command()(score)
+app.command()(plot)
+app.command()(train)
+app.command()(bench)
+
+
+def main() -> None:
+    """Console entry point; turns anything unexpected into one line (exit 1)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        stderr_console().out("interrupted")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        settings = Settings.from_env()
+        stderr_console().out(_last_resort_message(e))
+        if settings.debug:
+            traceback.print_exception(e, file=sys.stderr)
+        sys.exit(EXIT_INPUT_FAILED)
+
+
+def _last_resort_message(error: BaseException) -> str:
+    """One line for an exception no command caught: the file and the system's reason where
+    the error names one (an OSError: "out.wav: no space left on device"), else "internal
+    error" with the type, so a bug still reads as one."""
+    from ..fileio import describe_os_error
+
+    if isinstance(error, WaveGlowError):  # ours: the message names the file already
+        return f"error: {error}"
+    if isinstance(error, OSError) and error.filename:
+        return f"error: {error.filename}: {describe_os_error(error)}"
+    if isinstance(error, MemoryError):
+        return "error: out of memory" + (f" ({error})" if str(error) else "")
+    return (f"error: internal error ({type(error).__name__}: {error}); "
+            "set WAVEGLOW_DEBUG=1 for the traceback")

@@ -1,0 +1,269 @@
+"""The checkpoint commands: ``info`` and ``convert`` (any checkpoint), and the cache's
+``fetch``, ``list`` and ``rm`` (registry names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import OutputExistsError, UsageError, WaveGlowError
+from .common import (EXIT_INPUT_FAILED, EXIT_OK, DownloadBar, JsonOption, OfflineOption,
+                     errors_to_exit, load_settings, report, stderr_console)
+
+if TYPE_CHECKING:
+    from ..registry import RegistryEntry
+    from ..settings import Settings
+
+CheckpointArgument = Annotated[str, typer.Argument(help="Checkpoint file or registry name.")]
+
+
+def info(checkpoint: CheckpointArgument, as_json: JsonOption = False,
+         offline: OfflineOption = False) -> None:
+    """Describe a checkpoint: architecture, parameters, sample rate, mel, format, sha256.
+
+    A registry name not yet cached is downloaded first (unless offline)."""
+    import json
+
+    settings = load_settings(offline)
+    with errors_to_exit(settings):
+        data = describe_checkpoint(checkpoint, settings)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    if data["name"] is not None:
+        typer.echo(f"name:         {data['name']}")
+    typer.echo(f"file:         {data['path']}")
+    typer.echo(f"format:       {data['format']}"
+               + (f" (converted from {data['original_format']})" if data["original_format"]
+                  else ""))
+    if data["sha256"]:
+        original = Path(data["sha256_of"])
+        typer.echo(f"sha256:       {data['sha256']}"
+                   + (f" ({original.name})" if original != Path(data["path"]) else ""))
+    if data["name"] is not None:
+        typer.echo(f"cache:        {data['cache_dir']}")
+    typer.echo(f"parameters:   {data['parameters']:,}")
+    typer.echo(f"sample rate:  {data['sample_rate']}")
+    for key, value in data["architecture"].items():
+        typer.echo(f"{key + ':':<13} {value}")
+    typer.echo("mel:          " + ", ".join(f"{k}={v}" for k, v in data["mel"].items()))
+
+
+def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
+    """What ``info`` prints: where the file is, what it holds, its hash and provenance."""
+    from ..cache import cache_paths, read_record
+    from ..checkpoint import read_checkpoint
+    from ..download import sha256_file
+    from ..registry import Registry
+    from ..cache import ensure_checkpoint
+    from ..vocoder import mel_config_for
+
+    registry = Registry.load(settings)
+    entry = None if Path(spec).expanduser().exists() else registry.find(spec)
+    path = ensure_checkpoint(spec, settings, DownloadBar(), registry)
+    ckpt = read_checkpoint(path)
+    meta, record_problem = read_record(entry, settings) if entry is not None else ({}, "")
+    if record_problem:  # the bytes are hashed below instead; a damaged record is a note
+        stderr_console().out(f"note: {entry.name}: {record_problem}; `waveglow fetch --verify "
+                             f"{entry.name}` repairs it")
+    original = cache_paths(entry, settings).original if entry is not None else path
+    sha256 = meta.get("sha256") or (sha256_file(original) if original.is_file() else None)
+    mel = mel_config_for(ckpt, entry).to_dict()
+    return {
+        "name": entry.name if entry is not None else None,
+        "path": str(path),
+        "format": ckpt.source_format,
+        "original_format": meta.get("format"),
+        "sha256": sha256,
+        "sha256_of": str(original),
+        "sha256_published": bool(entry is not None and entry.sha256),
+        "size": original.stat().st_size if original.is_file() else meta.get("size"),
+        "cache_dir": str(cache_paths(entry, settings).folder) if entry is not None else None,
+        "source_url": meta.get("url"),
+        "downloaded_at": meta.get("downloaded_at"),
+        "parameters": sum(t.numel() for t in ckpt.state_dict.values()),
+        "sample_rate": ckpt.sample_rate,
+        "architecture": ckpt.config.to_dict(),
+        "mel": mel,
+    }
+
+
+def convert(
+    checkpoint: CheckpointArgument,
+    output: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Storage type: fp32, or fp16 (half the size; weights rounded once, "
+                        "computation unchanged).")] = "fp32",
+) -> None:
+    """Convert any supported checkpoint to the safe, fast-loading safetensors format."""
+    import torch
+
+    from ..checkpoint import read_checkpoint, save_checkpoint
+    from ..cache import ensure_checkpoint
+
+    settings = load_settings()
+    with errors_to_exit(settings):
+        if output.suffix != ".safetensors":
+            raise UsageError(f"{output}: the output must end in .safetensors")
+        storage = {"fp32": torch.float32, "fp16": torch.float16}.get(dtype)
+        if storage is None:
+            raise UsageError(f"--dtype {dtype!r}: use fp32 or fp16")
+        source = ensure_checkpoint(checkpoint, settings, DownloadBar())
+        if output.exists() and output.resolve() == source.resolve():
+            raise UsageError(f"{output}: refusing to overwrite the input")
+        if output.exists() and not overwrite:
+            raise OutputExistsError(output)
+        save_checkpoint(output, read_checkpoint(source), dtype=storage, overwrite=overwrite)
+    stderr_console().out(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint cache: fetch / list / rm
+
+
+def _registry_entries(names: list[str], settings: Settings) -> list[RegistryEntry]:
+    """The registry entries ``names`` name (names or aliases), each once, or a usage error."""
+    from ..registry import Registry, unknown_checkpoint_error
+
+    registry = Registry.load(settings)
+    entries: list[RegistryEntry] = []
+    for name in names:
+        entry = registry.find(name)
+        if entry is None:
+            if Path(name).expanduser().is_file():
+                raise UsageError(f"{name}: a file, not a registry name (this command takes "
+                                 "registry names; see `waveglow list`)")
+            raise unknown_checkpoint_error(name, registry)
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def fetch(
+    names: Annotated[list[str], typer.Argument(
+        help="Registry names or aliases (see `waveglow list`).", show_default=False)],
+    force: Annotated[bool, typer.Option(help="Download again even if cached.")] = False,
+    verify: Annotated[bool, typer.Option(
+        help="Re-hash the cached file against the published (else recorded) sha256 and "
+             "download it again if it differs.")] = False,
+    offline: OfflineOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")
+                     ] = False,
+) -> None:
+    """Download checkpoints into the cache (verified, resumable, locked).
+
+    A cached checkpoint needs no network at all.  Prints each one's cached path on stdout."""
+    from ..cache import fetch_checkpoint
+
+    settings = load_settings(offline)
+    with errors_to_exit(settings, os_errors=False):
+        if force and verify:
+            raise UsageError("--force and --verify exclude each other")
+        if settings.problems and not settings.offline:  # e.g. WAVEGLOW_MAX_DOWNLOAD_BYTES=lots
+            raise UsageError("; ".join(settings.problems))
+        entries = _registry_entries(names, settings)
+    failures = 0
+    for entry in entries:
+        bar = DownloadBar(quiet)
+        try:
+            result = fetch_checkpoint(entry, settings, force=force, verify=verify, progress=bar)
+        except (WaveGlowError, OSError) as e:
+            bar.finish()
+            failures += 1
+            report(e, settings, bar.console)
+            continue
+        bar.finish()
+        if result.action == "cached":
+            bar.note(f"{entry.name}: already cached (sha256 {result.sha256 or 'not recorded'})")
+        elif result.action == "verified":
+            bar.note(f"{entry.name}: verified (sha256 {result.sha256})")
+        elif result.action == "bundled":
+            bar.note(f"{entry.name}: ships with the package, nothing to download "
+                     f"(sha256 {result.sha256}{' verified' if result.published_sha256 else ''})")
+        typer.echo(str(result.path))
+    raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
+
+
+def list_checkpoints(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")
+                       ] = False,
+) -> None:
+    """List the registry's checkpoints and whether each is cached (no network)."""
+    import json
+
+    from ..cache import describe_cached
+    from ..registry import Registry
+
+    settings = load_settings()
+    with errors_to_exit(settings):
+        rows = [describe_cached(entry, settings)
+                for entry in Registry.load(settings).entries.values()]
+    for row in rows:  # a damaged cache record is a note, never a failure of `list`
+        if row.get("record_problem"):
+            stderr_console().out(f"note: {row['name']}: {row['record_problem']}; "
+                                 f"`waveglow fetch --verify {row['name']}` repairs it")
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for column in ("name", "aliases", "size", "cached", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        first_sentence = row["description"].split(". ")[0].rstrip(".")
+        aliases = [a for a in row["aliases"] if a.removesuffix(".pt") == a
+                   or a.removesuffix(".pt") not in row["aliases"]]   # x.pt beside x: shown once
+        cached = "bundled" if row.get("bundled") else "yes" if row["cached"] else "no"
+        table.add_row(row["name"], "\n".join(aliases), _human_size(row["size"]), cached,
+                      first_sentence)
+    Console(highlight=False).print(table)
+
+
+def rm(
+    names: Annotated[list[str], typer.Argument(
+        help="Registry names or aliases to remove from the cache.", show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes.")] = False,
+) -> None:
+    """Remove checkpoints from the cache (the next use downloads them again)."""
+    from ..cache import remove_checkpoint
+    from ..registry import Registry, unknown_checkpoint_error
+
+    settings = load_settings()
+    console = stderr_console()
+    with errors_to_exit(settings):
+        registry = Registry.load(settings)
+        targets = []
+        for name in names:
+            entry = registry.find(name)
+            if entry is not None:
+                targets.append(entry.name)
+            elif "/" not in name and "\\" not in name and name not in (".", "..") \
+                    and (settings.checkpoint_dir / name).is_dir():
+                targets.append(name)  # cached from a registry file no longer in use
+            else:
+                raise unknown_checkpoint_error(name, registry)
+        for name in dict.fromkeys(targets):
+            entry = registry.find(name)
+            if entry is not None and entry.bundled is not None:
+                if not quiet:
+                    console.out(f"note: {name}: ships with the package; nothing to remove")
+                continue
+            removed = remove_checkpoint(name, settings)
+            if not quiet:
+                console.out(f"removed {removed}" if removed else f"note: {name}: not cached")

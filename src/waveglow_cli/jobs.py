@@ -1,0 +1,564 @@
+"""Batch jobs over files: what ``synth``, ``mel`` and ``plot`` do, usable without the CLI.
+
+A job is: discover the inputs (:func:`discover`), plan where each result goes
+(:func:`plan_outputs`), then process every item under one exists/overwrite policy
+(:class:`OutputPolicy`), isolating failures: each item ends as an :class:`ItemResult` and the
+job as a :class:`Summary`.  Nothing here prints: what a front end shows (a progress bar, notes,
+error lines) arrives through a :class:`JobProgress`; standard input and output are streams
+passed in.  :class:`SynthesisJob` is the windowed load -> synthesise -> write loop; what it
+writes with is a parameter (:class:`AudioWriter` writes files or standard output), so a server
+or a streaming writer reuses the loop as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+
+from .errors import (InputFileError, JobStopped, OutputExistsError, SynthesisError, UsageError,
+                     WaveGlowError)
+from .fileio import refuse_non_regular, remove_stale_parts
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .mel import MelConfig
+    from .settings import Shard
+    from .synthesis import BatchOptions, MelLike, SynthesisOptions, Synthesizer
+    from .vocoder import Vocoder
+
+MEL_SUFFIXES = (".npy", ".pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and where their results go
+
+
+@dataclass(frozen=True)
+class Item:
+    source: Path | None   # None: standard input
+    key: str              # relative path: names outputs and seeds the noise
+    found: bool = False   # found by searching a folder (not named on the command line)
+
+    @property
+    def display(self) -> str:
+        return "<stdin>" if self.source is None else str(self.source)
+
+
+def discover(inputs: list[str], suffixes: tuple[str, ...]) -> list[Item]:
+    """Files as given, folders searched recursively for ``suffixes``, '-' for stdin."""
+    items: list[Item] = []
+    for spec in inputs:
+        if spec == "-":
+            items.append(Item(None, "-"))
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in suffixes and not p.name.startswith("."))
+            if not found:
+                raise UsageError(f"{spec}: folder holds no {'/'.join(suffixes)} files")
+            items += [Item(p, p.relative_to(path).as_posix(), found=True) for p in found]
+        elif path.exists():
+            items.append(Item(path, path.name))
+        else:
+            raise UsageError(f"{spec}: no such file or folder")
+    if sum(item.source is None for item in items) > 1:
+        raise UsageError("'-' (standard input) can be given only once")
+    return items
+
+
+def without_own_outputs(items: list[Item], output: str | None, suffix: str,
+                        audio_suffixes: tuple[str, ...]) -> list[Item]:
+    """Drop the audio files found in folders that are this run's outputs, so a run can be
+    resumed in place (``synth dir/`` then ``synth dir/ --skip-existing``).
+
+    For ``synth``, which takes mels and audio files (copy synthesis): an audio file found in a
+    folder is not an input when a mel of the same stem sits beside it (the mel is the input;
+    the audio file is its output, or the recording it was computed from: ``mel dir/`` then
+    ``synth dir/``), nor when it is the planned output of another input (``-o`` into an input
+    folder).  Files named on the command line are always inputs."""
+    mel_stems = {item.source.with_suffix("") for item in items
+                 if item.source is not None and item.source.suffix.lower() not in audio_suffixes}
+    planned_by: dict[Path, set[int]] = {}
+    for index, target in enumerate(_planned(items, output, suffix)):
+        if target is not None:
+            planned_by.setdefault(target.resolve(), set()).add(index)
+    kept = []
+    for index, item in enumerate(items):
+        if item.found and item.source is not None and item.source.suffix.lower() in audio_suffixes:
+            if item.source.with_suffix("") in mel_stems \
+                    or planned_by.get(item.source.resolve(), set()) - {index}:
+                continue
+        kept.append(item)
+    return kept
+
+
+def _names_one_file(output: str | None) -> bool:
+    """A name with an extension is a file (a folder with a dot in its name: end it with '/')."""
+    return output is not None and output != "-" and bool(Path(output).suffix) \
+        and not output.endswith(("/", "\\")) and not Path(output).is_dir()
+
+
+def _planned(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
+    """Each item's output path by the naming rules alone (None: standard output)."""
+    if output == "-":
+        return [None] * len(items)
+    if _names_one_file(output):
+        return [Path(output)] * len(items)  # type: ignore[arg-type]
+    return [Path(output) / Path(item.key).with_suffix(suffix) if output is not None
+            else None if item.source is None else item.source.with_suffix(suffix)
+            for item in items]
+
+
+def plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
+    """Where each item's result goes (None: standard output).
+
+    Also removes the temporary files that killed runs of ours left in the output folders
+    (their process is gone; a live run's are kept)."""
+    if output is not None and output != "-":
+        _refuse_special_output(output)
+    outputs = _plan_outputs(items, output, suffix)
+    for folder in dict.fromkeys(target.parent for target in outputs if target is not None):
+        remove_stale_parts(folder)
+    return outputs
+
+
+def _refuse_special_output(output: str) -> None:
+    """``-o`` naming an existing device, FIFO or socket (``/dev/full``, ``/dev/stdout``) is a
+    usage error: outputs are regular files written beside the target and renamed onto it."""
+    import stat
+
+    try:
+        mode = Path(output).stat().st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UsageError(f"-o {output}: not a regular file or folder (a device, FIFO or "
+                         "socket); outputs are written as regular files (use -o - for "
+                         "standard output)")
+
+
+def _plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
+    if output == "-":
+        if len(items) != 1:
+            raise UsageError("-o - (standard output) takes exactly one input")
+        return [None]
+    if _names_one_file(output) and len(items) != 1:
+        raise UsageError(f"-o {output} names one file but {len(items)} inputs were given; "
+                         "pass a folder")
+    outputs = _planned(items, output, suffix)
+    keys = [str(o) for o in outputs if o is not None]
+    if len(keys) != len(set(keys)):
+        raise UsageError("two inputs map to the same output name (e.g. a.npy and a.pt); "
+                         "give them different stems")
+    return outputs
+
+
+def refuse_overwriting_inputs(items: list[Item], outputs: list[Path | None]) -> None:
+    """Before anything is written: no output may be one of the inputs."""
+    inputs = {item.source.resolve() for item in items if item.source is not None}
+    clashes = [str(t) for t in outputs if t is not None and t.resolve() in inputs]
+    if clashes:
+        raise UsageError(f"refusing to overwrite input files ({', '.join(clashes[:3])}"
+                         f"{' ...' if len(clashes) > 3 else ''}); choose another -o")
+
+
+def take_shard(items: list[Item], outputs: list[Path | None], shard: Shard
+               ) -> tuple[list[Item], list[Path | None]]:
+    """This process's share of the work under torchrun (every ``world``-th item)."""
+    if shard.world == 1:
+        return items, outputs
+    if any(item.source is None or target is None for item, target in zip(items, outputs)):
+        raise UsageError("stdin/stdout cannot be shared between torchrun processes")
+    return items[shard.rank::shard.world], outputs[shard.rank::shard.world]
+
+
+def all_ranks_sum(value: int, shard: Shard) -> int:
+    """Sum ``value`` over all torchrun ranks (gloo), so every rank exits with the job's status."""
+    if shard.world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    total = torch.tensor([value])
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return int(total.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# The exists/overwrite policy
+
+
+def check_output(item: Item, target: Path | None, inputs: set[Path], overwrite: bool,
+                 skip_existing: bool) -> bool:
+    """False when the item is to be skipped; raises when it must not be written.
+
+    An early shortcut that saves the work for a file that exists: the claim itself is taken
+    when the file is published (:func:`fileio.atomic_write`)."""
+    if target is None:
+        return True
+    if target.resolve() in inputs:
+        raise UsageError(f"{target}: refusing to overwrite an input file")
+    refuse_non_regular(target)
+    if os.path.lexists(target):
+        if skip_existing:
+            return False
+        if not overwrite:
+            raise OutputExistsError(target)
+    return True
+
+
+def lost_to_another_run(error: BaseException, skip_existing: bool) -> bool:
+    """True for an output another process created while this run worked on it, under
+    ``--skip-existing``: that item counts as skipped, not failed (its file was kept)."""
+    return skip_existing and isinstance(error, OutputExistsError)
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What to do with an output that exists: refuse (the default), replace, or keep it."""
+
+    overwrite: bool = False
+    skip_existing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overwrite and self.skip_existing:
+            raise UsageError("--overwrite and --skip-existing exclude each other")
+
+    def wants(self, item: Item, target: Path | None, inputs: set[Path]) -> bool:
+        """False: skip the item (its output exists and is kept); see :func:`check_output`."""
+        return check_output(item, target, inputs, self.overwrite, self.skip_existing)
+
+    def kept_theirs(self, error: BaseException) -> bool:
+        """See :func:`lost_to_another_run`."""
+        return lost_to_another_run(error, self.skip_existing)
+
+
+def input_paths(items: Iterable[Item]) -> set[Path]:
+    return {item.source.resolve() for item in items if item.source is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and progress
+
+
+Status = Literal["written", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    item: Item
+    target: Path | None            # None: standard output
+    status: Status
+    error: BaseException | None = None
+    samples: int = 0               # audio samples written (synthesis jobs)
+
+
+@dataclass
+class Summary:
+    """Per-item results of a job, in the order they ended."""
+
+    results: list[ItemResult] = field(default_factory=list)
+    sample_rate: int | None = None
+    seconds: float = 0.0           # seconds of audio written, summed in the order written
+    stopped: bool = False          # fail-fast ended the job at its first failure
+
+    def add(self, result: ItemResult) -> None:
+        self.results.append(result)
+        if self.sample_rate:
+            self.seconds += result.samples / self.sample_rate
+
+    def _count(self, status: Status) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def written(self) -> int:
+        return self._count("written")
+
+    @property
+    def skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self._count("failed")
+
+    def line(self, with_seconds: bool = True) -> str:
+        """``written W, skipped S, failed F (X.X s of audio)``, as the CLI prints it."""
+        seconds = self.seconds if with_seconds else 0.0
+        return (f"written {self.written}, skipped {self.skipped}, failed {self.failed}"
+                + (f" ({seconds:.1f} s of audio)" if seconds else ""))
+
+
+class JobProgress(Protocol):
+    """Where a job reports as it goes (a front end's progress bar and message lines)."""
+
+    def advance(self, seconds: float | None = None) -> None:
+        """One more item ended; ``seconds``: audio written so far (synthesis)."""
+
+    def note(self, text: str) -> None:
+        """Something worth knowing about an input (resampled, channels averaged ...)."""
+
+    def failed(self, error: BaseException) -> None:
+        """An item failed (the job goes on unless it is fail-fast)."""
+
+
+class SilentProgress:
+    """Reports nothing (for library use); failures are still in the :class:`Summary`."""
+
+    def advance(self, seconds: float | None = None) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def failed(self, error: BaseException) -> None:
+        pass
+
+
+def _as_item_error(item: Item, error: BaseException, what: str, kind: type[InputFileError]
+                   ) -> BaseException:
+    """Our errors and OSErrors as they are; anything else (MemoryError, a library's TypeError)
+    as the item's named error."""
+    if isinstance(error, (WaveGlowError, OSError)):
+        return error
+    return kind(item.display, f"{what} ({type(error).__name__}: {error})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic per-item loop (mel, plot)
+
+
+Handler = Callable[[Item, "Path | IO[bytes]", "Path | None", JobProgress], None]
+
+
+def run_items(items: list[Item], outputs: list[Path | None], policy: OutputPolicy,
+              handle: Handler, progress: JobProgress | None = None,
+              stdin: IO[bytes] | None = None, inputs: set[Path] | None = None) -> Summary:
+    """Process every item, isolating failures.  ``handle`` gets the item's path (or standard
+    input, ``stdin`` read once into a temporary file with a cap) and its target (None:
+    standard output).  No output may be one of ``inputs`` (resolved paths; default: the
+    items').  A :class:`UsageError` stops the job (raised)."""
+    progress = progress or SilentProgress()
+    inputs = input_paths(items) if inputs is None else inputs
+    summary = Summary()
+    for item, target in zip(items, outputs):
+        status: Status = "written"
+        error: BaseException | None = None
+        try:
+            if not policy.wants(item, target, inputs):
+                status = "skipped"
+            elif item.source is None:
+                with read_stdin(stdin) as data:
+                    handle(item, data, target, progress)
+            else:
+                handle(item, item.source, target, progress)
+        except UsageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
+            error = _as_item_error(item, e, "failed", InputFileError)
+        if error is not None:
+            status = "skipped" if policy.kept_theirs(error) else "failed"
+            if status == "failed":
+                progress.failed(error)
+        summary.add(ItemResult(item, target, status, error))
+        progress.advance()
+    return summary
+
+
+def read_stdin(stream: IO[bytes] | None) -> IO[bytes]:
+    """Standard input, read once into an unlinked temporary file (at most
+    ``audio_io.PIPE_LIMIT_BYTES``; an endless stream is refused, not buffered in memory)."""
+    from .audio_io import spool
+
+    if stream is None:
+        raise UsageError("standard input ('-') is not available to this job")
+    return spool(stream, "<stdin>")
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis: windowed load -> synthesise -> write
+
+
+Loader = Callable[["Path | IO[bytes]", str], "tuple[MelLike, list[str]]"]
+
+
+class ItemWriter(Protocol):
+    """Writes one item's audio as its blocks arrive; returns its number of samples."""
+
+    def __call__(self, item: Item, target: Path | None, mel: MelLike,
+                 blocks: Iterator[np.ndarray]) -> int: ...
+
+
+@dataclass
+class AudioWriter:
+    """Audio files (atomically, a block at a time) or, for target None, ``stdout`` whole (the
+    WAV header needs the length); with ``plot``, also ``<stem>.png`` (input mel and output
+    waveform) beside each file."""
+
+    sample_rate: int
+    subtype: str = "PCM_16"
+    overwrite: bool = False
+    stdout: IO[bytes] | None = None
+    plot: MelConfig | None = None    # the mel settings to draw with; None: no figures
+
+    def __call__(self, item: Item, target: Path | None, mel: MelLike,
+                 blocks: Iterator[np.ndarray]) -> int:
+        import numpy as np
+
+        from .audio_io import encode_audio, finalize_audio, write_audio_blocks
+
+        if target is None:
+            parts = [finalize_audio(b, item.display, self.subtype) for b in blocks]
+            audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            write_stream(self.stdout, encode_audio(audio, self.sample_rate, self.subtype))
+            return int(audio.size)
+        kept: list[np.ndarray] = []
+        if self.plot is not None:  # the figure shows the whole waveform
+            blocks = (kept.append(b) or b for b in blocks)  # type: ignore[func-returns-value]
+        samples = write_audio_blocks(target, blocks, self.sample_rate, self.subtype,
+                                     name=item.display, overwrite=self.overwrite)
+        if self.plot is not None:
+            from .plot import plot_signals
+
+            plot_signals(target.with_suffix(".png"),
+                         [("mel", np.asarray(mel), f"{item.display}: mel"),
+                          ("wave", np.concatenate(kept), f"{target.name}: synthesised")],
+                         self.plot, overwrite=self.overwrite)
+        return samples
+
+
+def write_stream(stream: IO[bytes] | None, data: bytes) -> None:
+    if stream is None:
+        raise UsageError("standard output ('-o -') is not available to this job")
+    stream.write(data)
+    stream.flush()
+
+
+@dataclass
+class SynthesisJob:
+    """Items -> audio, a window of items at a time: each window is loaded (a mel stays lazy:
+    only its pieces are read), synthesised in exact batches and written item by item as its
+    audio arrives.  Failures are per item; ``fail_fast`` ends the job at the first."""
+
+    synthesizer: Synthesizer
+    load: Loader                    # (path or stream, display name) -> (mel, notes)
+    write: ItemWriter
+    sample_rate: int
+    policy: OutputPolicy = field(default_factory=OutputPolicy)
+    fail_fast: bool = False
+    window: int = 64                # items loaded at a time (bounds open inputs and memory)
+    stdin: IO[bytes] | None = None
+
+    def run(self, items: list[Item], outputs: list[Path | None],
+            progress: JobProgress | None = None) -> Summary:
+        run = _SynthesisRun(self, progress or SilentProgress(), input_paths(items),
+                            Summary(sample_rate=self.sample_rate))
+        pairs = list(zip(items, outputs))
+        try:
+            for start in range(0, len(pairs), self.window):
+                run.window(pairs[start:start + self.window])
+        except JobStopped:
+            run.summary.stopped = True
+        return run.summary
+
+
+@dataclass
+class _SynthesisRun:
+    """One run of a :class:`SynthesisJob`: its results so far."""
+
+    job: SynthesisJob
+    progress: JobProgress
+    inputs: set[Path]
+    summary: Summary
+
+    def window(self, pairs: list[tuple[Item, Path | None]]) -> None:
+        targets = {item.key: (item, target) for item, target in pairs}
+        loaded = self._load(pairs)
+        mels = dict(loaded)
+        cancelled: set[str] = set()
+        # Each item's events arrive together and in order: write them as they come.
+        for key, events in itertools.groupby(self.job.synthesizer.stream(loaded, cancelled),
+                                             key=lambda event: event[0]):
+            item, target = targets[key]
+            try:
+                samples = self.job.write(item, target, mels.get(key), _blocks_of(item, events))
+                self._end(ItemResult(item, target, "written", samples=samples))
+            except Exception as e:  # noqa: BLE001 - MemoryError ...: this item fails
+                cancelled.add(key)  # the rest of its pieces are not computed
+                self._failed(item, target, _as_item_error(item, e, "synthesis failed",
+                                                          SynthesisError))
+            self.progress.advance(seconds=self.summary.seconds)
+
+    def _load(self, pairs: list[tuple[Item, Path | None]]) -> list[tuple[str, Any]]:
+        loaded = []
+        for item, target in pairs:
+            try:
+                if not self.job.policy.wants(item, target, self.inputs):
+                    self._end(ItemResult(item, target, "skipped"))
+                    self.progress.advance()
+                    continue
+                if item.source is None:
+                    with read_stdin(self.job.stdin) as stdin:
+                        mel, notes = self.job.load(stdin, item.display)
+                else:
+                    mel, notes = self.job.load(item.source, item.display)
+                for text in notes:
+                    self.progress.note(text)
+                loaded.append((item.key, mel))
+            except UsageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - this input fails; the others go on
+                self._failed(item, target, _as_item_error(item, e, "cannot be read",
+                                                          InputFileError))
+                self.progress.advance()
+        return loaded
+
+    def _end(self, result: ItemResult) -> None:
+        self.summary.add(result)
+
+    def _failed(self, item: Item, target: Path | None, error: BaseException) -> None:
+        if self.job.policy.kept_theirs(error):
+            self._end(ItemResult(item, target, "skipped", error))
+            return
+        self._end(ItemResult(item, target, "failed", error))
+        self.progress.failed(error)
+        if self.job.fail_fast:
+            raise JobStopped from None
+
+
+def _blocks_of(item: Item, events: Iterable[tuple[str, object, bool]]) -> Iterator[Any]:
+    for _, block, _ in events:
+        if isinstance(block, BaseException):
+            raise block if isinstance(block, WaveGlowError) else SynthesisError(
+                item.display, f"synthesis failed ({type(block).__name__}: {block})")
+        yield block
+
+
+def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
+                  batch: BatchOptions | None = None, *, subtype: str = "PCM_16",
+                  policy: OutputPolicy | None = None, fail_fast: bool = False,
+                  mel_layout: str = "auto", mel_scale: str = "ln",
+                  writer: ItemWriter | None = None, plot: bool = False,
+                  stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+                  ) -> SynthesisJob:
+    """A :class:`SynthesisJob` over a loaded vocoder: mel files (or audio, by copy synthesis)
+    to audio files (or ``writer``'s choice), windows of ``8 x batch size`` (at least 64)."""
+    from .inputs import SynthesisInputReader
+
+    batch = batch or vocoder.batch
+    policy = policy or OutputPolicy()
+    writer = writer or AudioWriter(vocoder.sample_rate, subtype, overwrite=policy.overwrite,
+                                   stdout=stdout, plot=vocoder.mel_config if plot else None)
+    return SynthesisJob(vocoder.synthesizer(options, batch),
+                        SynthesisInputReader(vocoder.mel_config, mel_layout, mel_scale), writer,
+                        vocoder.sample_rate, policy, fail_fast,
+                        window=max(batch.batch_size * 8, 64), stdin=stdin)

@@ -159,3 +159,15 @@ def test_copy_synthesis_from_audio_files(tmp_path, tiny_checkpoint):
                 "--seed", "1")
     assert r.returncode == 0, r.stderr.decode()
     assert sf.info(tmp_path / "out.wav").frames == (1 + int(0.5 * SR) // 256) * 256
+
+
+def test_format_follows_the_output_suffix_and_a_summary_is_printed(tmp_path):
+    sf.write(tmp_path / "a.wav", speech_like(0.3), SR)
+    r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "x.pt")
+    assert r.returncode == 0, r.stderr.decode()
+    assert torch.load(tmp_path / "x.pt", weights_only=True).shape[0] == 80
+    assert r.stderr.decode().strip() == "written 1, skipped 0, failed 0"
+    r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "x.npy", "--format", "pt")
+    assert r.returncode == 2 and b"--format" in r.stderr and not (tmp_path / "x.npy").exists()
+    r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "y.npy", "--format", "npy", "-q")
+    assert r.returncode == 0 and r.stderr == b"" and np.load(tmp_path / "y.npy").shape[0] == 80

@@ -750,3 +750,56 @@ def test_quick_start_fetch_then_synth(srv, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["u0.wav", "u1.wav"]
     assert len(srv.requests()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Every failed fetch names the way forward (issue 15, item 1)
+
+WAYS = (b"-c demo", b"WAVEGLOW_MIRROR", b"-c PATH")
+
+
+def test_a_failed_fetch_names_demo_mirror_and_a_local_file(srv, tmp_path):
+    s = make_settings(tmp_path, {"gone": {"urls": [f"{srv.base}/404/{NAME}",
+                                                   f"{srv.base}/500/{NAME}"]}})
+    r = run_cli("fetch", "gone", env=cli_env(s))
+    assert r.returncode == 1 and b"HTTP 404" in r.stderr and b"HTTP 500" in r.stderr
+    errors = [line for line in r.stderr.decode().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == r.stderr.decode().splitlines()[-1]
+    assert all(way.decode() in errors[0] for way in WAYS), r.stderr.decode()
+    assert "waveglow synth MELS -c demo" in errors[0]   # fetch itself has no -c
+
+
+def test_wrong_bytes_name_the_ways_forward(srv, tmp_path):
+    s = make_settings(tmp_path, {"tiny": {"urls": [f"{srv.base}/bad/{NAME}"], "sha256": srv.sha}})
+    r = run_cli("fetch", "tiny", env=cli_env(s))
+    assert r.returncode == 1 and b"sha256 mismatch" in r.stderr
+    assert all(way in r.stderr for way in WAYS), r.stderr.decode()
+
+
+def test_an_offline_first_use_names_the_ways_forward_for_its_command(srv, tmp_path):
+    from typer.testing import CliRunner
+
+    from waveglow_cli.cli import app
+
+    s = make_settings(tmp_path, {"tiny": {"urls": [f"{srv.base}/files/{NAME}"]}})
+    env = {**cli_env(s), "WAVEGLOW_OFFLINE": "1"}
+    mel = tmp_path / "x.npy"
+    np.save(mel, np.zeros((TINY["n_mel_channels"], 5), np.float32))
+    r = CliRunner().invoke(app, ["synth", str(mel), "-c", "tiny", "-o", str(tmp_path / "x.wav")],
+                           env=env)
+    assert r.exit_code == 1 and "offline" in r.stderr, r.stderr
+    assert all(way.decode() in r.stderr for way in WAYS) and "`waveglow fetch tiny` once " \
+        "online" in r.stderr and r.stderr.count("\n") == 1
+    r = CliRunner().invoke(app, ["info", "tiny"], env=env)   # info takes a name, has no -c
+    assert r.exit_code == 1 and "`demo` in its place" in r.stderr and "-c " not in r.stderr
+    assert srv.requests() == []
+
+
+def test_the_way_forward_is_on_the_library_error_too(srv, tmp_path):
+    s = make_settings(tmp_path, {"gone": {"urls": [f"{srv.base}/404/{NAME}"]}})
+    with pytest.raises(DownloadError) as info:
+        fetch_checkpoint(entry_of(s, "gone"), s, policy=FAST)
+    assert "-c demo" in str(info.value) and "WAVEGLOW_MIRROR=<base URL serving" in str(info.value)
+    offline = Settings(**{**s.__dict__, "offline": True})
+    with pytest.raises(CheckpointNotAvailableError, match="-c demo.*WAVEGLOW_MIRROR.*-c PATH"):
+        ensure_checkpoint("gone", offline)

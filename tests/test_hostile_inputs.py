@@ -181,3 +181,29 @@ def test_stdin_mel_is_read_through_the_cap(tmp_path, tiny_checkpoint):
     [line] = error_lines(r.stderr)
     assert line.startswith("error: <stdin>: ") and "header declares shape" in line
     assert not (tmp_path / "t.wav").exists()
+
+
+def test_unreadable_audio_is_named_never_by_an_object_repr(tmp_path):
+    """soundfile's messages name the file object it read from ("Error opening <_io.BytesIO
+    object at 0x7f..>"); the error names the file and gives libsndfile's reason only."""
+    from waveglow_cli.audio_io import read_audio
+    from waveglow_cli.errors import AudioFileError
+    from waveglow_cli.inputs import load_synthesis_input
+    from waveglow_cli.mel import MelConfig
+
+    broken = b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(40)   # a WAV header without data
+    path = tmp_path / "broken.wav"
+    path.write_bytes(broken)
+    cases = [(lambda: read_audio(broken, "<stdin>"), "<stdin>"),
+             (lambda: read_audio(io.BytesIO(broken), "clip.wav"), "clip.wav"),
+             (lambda: read_audio(path), str(path)),
+             (lambda: read_audio(b"OggS" + bytes(60), "x.ogg"), "x.ogg"),
+             (lambda: load_synthesis_input(path, "speech/broken.wav", MelConfig()),
+              "speech/broken.wav")]
+    for call, name in cases:
+        with pytest.raises(AudioFileError) as info:
+            call()
+        text = str(info.value)
+        assert text.startswith(f"{name}: not a readable audio file ("), text
+        assert "<_io" not in text and "object at" not in text and "Error opening" not in text
+    assert "No 'data' chunk" in str(pytest.raises(AudioFileError, read_audio, path).value)

@@ -110,3 +110,25 @@ def test_a_damaged_bundled_file_is_named_by_fetch(tmp_path):
     assert "Traceback" not in err
     r = run_cli("rm", "mine", env=env)
     assert r.returncode == 0 and "ships with the package" in r.stderr.decode()
+
+
+def test_info_of_the_bundled_demo_shows_its_verified_sha256_size_and_file(tmp_path):
+    """issue 15, item 7: no cache folder, no `sha256: null`, no missing `sha256_of`."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from waveglow_cli.cli import app
+
+    entry = Registry.load(settings_for(tmp_path)).find("demo")
+    env = {"WAVEGLOW_HOME": str(tmp_path / "home"), "WAVEGLOW_OFFLINE": "1"}
+    r = CliRunner().invoke(app, ["info", "demo", "--json"], env=env)
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["sha256"] == entry.sha256 and data["sha256_published"] and data["bundled"]
+    assert Path(data["sha256_of"]).is_file() and data["sha256_of"] == data["path"]
+    assert data["size"] == Path(data["path"]).stat().st_size == entry.bundled_path.stat().st_size
+    assert data["cache_dir"] is None and not (tmp_path / "home").exists()
+    text = CliRunner().invoke(app, ["info", "demo"], env=env).stdout
+    assert f"sha256:       {entry.sha256} (matches the pinned sha256)" in text
+    assert f"{data['size']:,} bytes" in text and "cache:" not in text

@@ -496,3 +496,21 @@ def test_train_takes_its_shard_and_settings_from_the_caller(clips, tmp_path, mon
                    settings=Settings.from_env({}), shard=Shard())
     assert last == run_dir / "step_000001.safetensors" and last.is_file()
     assert json.loads((run_dir / "run.json").read_text())["world_size"] == 1
+
+
+def test_resume_of_a_folder_without_a_run_says_so(tmp_path):
+    """`train -o newdir --resume` (no DATA): "no run to resume in newdir", not "DATA is
+    required"; nothing is created.  A run folder that lost its run.json asks for DATA again."""
+    fresh = tmp_path / "newdir"
+    result = run_cli("train", "-o", fresh, "--resume", env=ENV)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert f"no run to resume in {fresh}" in err and "waveglow train DATA -o" in err, err
+    assert "DATA is required" not in err and not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("step_000010.safetensors", "step_000010.state.pt"):
+        (kept / name).write_bytes(b"")
+    with pytest.raises(UsageError, match="has no run.json to take DATA from"):
+        T.train(T.TrainOptions(data=[], run_dir=kept, resume=True),
+                settings=Settings.from_env({}), shard=Shard())

@@ -13,9 +13,11 @@ import math
 import mmap
 import os
 import pickle
+import re
 import stat
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -181,14 +183,15 @@ class LazyMel:
         if self.scale != 1.0:
             block = block * np.float32(self.scale)  # in the file's precision, as a whole array
         out = np.array(block, dtype=np.float32, order="C")
-        self._release()
+        self.release()
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[:, :]
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Hand the pages read so far back to the kernel (a memory-mapped file only)."""
         if self.mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
             try:  # file-backed and read-only: the pages come back from the page cache
                 self.mapping.madvise(mmap.MADV_DONTNEED)
@@ -459,13 +462,53 @@ def output_format(path: str | os.PathLike[str], subtype: str) -> str:
     return fmt
 
 
-def finalize_audio(audio: np.ndarray, name: str, subtype: str) -> np.ndarray:
-    """Refuse non-finite samples; clip to [-1, 1] for PCM (never wrap); FLOAT stays as is."""
+# More than this fraction of an output's samples beyond full scale is worth a note: WaveGlow's
+# audio of a natural-log mel hardly ever clips; that of a linear or dB mel clips most samples.
+CLIP_NOTE_FRACTION = 0.01
+
+
+@dataclass
+class ClipCount:
+    """Samples seen and how many lay beyond full scale (|x| > 1: clipped in PCM, kept in
+    FLOAT), counted by :func:`finalize_audio` and :func:`write_audio_blocks` when given one."""
+
+    samples: int = 0
+    clipped: int = 0
+    pcm: bool = True
+
+    def add(self, audio: np.ndarray, pcm: bool = True) -> None:
+        self.samples += int(audio.size)
+        self.clipped += int(np.count_nonzero(np.abs(audio) > 1.0))
+        self.pcm = pcm
+
+    @property
+    def fraction(self) -> float:
+        return self.clipped / self.samples if self.samples else 0.0
+
+    def note(self, name: str, threshold: float = CLIP_NOTE_FRACTION) -> str | None:
+        """``name: 68% of samples clipped at full scale; ...`` when more than ``threshold``
+        of the samples did, else None."""
+        if self.fraction <= threshold:
+            return None
+        share = self.fraction * 100
+        percent = f"{share:.0f}%" if share >= 10 else f"{share:.1f}%"
+        what = "clipped at full scale" if self.pcm else "beyond full scale (they clip when played)"
+        return (f"{name}: {percent} of samples {what}; the mel is probably not a natural-log "
+                "Tacotron 2 mel (see --mel-scale)")
+
+
+def finalize_audio(audio: np.ndarray, name: str, subtype: str,
+                   clips: ClipCount | None = None) -> np.ndarray:
+    """Refuse non-finite samples; clip to [-1, 1] for PCM (never wrap); FLOAT stays as is.
+    With ``clips``, the samples beyond full scale are counted there."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if not np.isfinite(audio).all():
         bad = int((~np.isfinite(audio)).sum())
         raise SynthesisError(name, f"synthesis produced {bad} NaN/inf samples; nothing was written")
-    if subtype.startswith("PCM"):
+    pcm = subtype.startswith("PCM")
+    if clips is not None:
+        clips.add(audio, pcm)
+    if pcm:
         audio = np.clip(audio, -1.0, 1.0)
     return audio
 
@@ -515,11 +558,27 @@ def _read_audio_from(f: IO[bytes], name: str) -> tuple[np.ndarray, int]:
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         kind = sniff(head)
         what = {"html": "an HTML page", "npy": "a .npy array", "torch": "a torch file"}.get(kind)
-        reason = f"is {what}, not audio" if what else f"not a readable audio file ({e})"
+        reason = f"is {what}, not audio" if what else \
+            f"not a readable audio file ({_soundfile_reason(e)})"
         raise AudioFileError(name, reason) from None
     if samples.shape[0] == 0:
         raise AudioFileError(name, "audio has zero samples")
     return np.ascontiguousarray(samples.T), int(rate)
+
+
+# What soundfile puts in its messages for an open file: "<_io.BytesIO object at 0x7f..>",
+# "<_io.BufferedReader name=3>" (the error already names the file).
+_OBJECT_REPR = re.compile(r"<[\w.]+(?: object at 0x[0-9a-fA-F]+| name=[^>]*)>")
+
+
+def _soundfile_reason(error: Exception) -> str:
+    """libsndfile's own reason ("Format not recognised.", "Error in WAV file. No 'data' chunk
+    marker."), never the repr of the file object soundfile read from."""
+    reason = str(getattr(error, "error_string", "") or "").strip()
+    if not reason:
+        text = _OBJECT_REPR.sub("", str(error))
+        reason = text.replace("Error opening :", "").strip(" :") or type(error).__name__
+    return reason.rstrip(".")
 
 
 def prepare_audio(samples: np.ndarray, rate: int, target_rate: int, name: str
@@ -551,13 +610,14 @@ def prepare_audio(samples: np.ndarray, rate: int, target_rate: int, name: str
 
 def write_audio_blocks(path: str | os.PathLike[str], blocks: Iterable[np.ndarray],
                        sample_rate: int, subtype: str = "PCM_16", *, name: str | None = None,
-                       overwrite: bool = False) -> int:
+                       overwrite: bool = False, clips: ClipCount | None = None) -> int:
     """Write mono audio that arrives in ``blocks`` (in order) atomically, one block at a time,
     so a long output is never held whole; returns the number of samples written.
 
-    Each block is checked and clipped as :func:`finalize_audio` does.  A block with NaN/inf, or
-    an exception raised by ``blocks``, fails the file: its temporary file is removed and
-    nothing is published (see :func:`atomic_write`)."""
+    Each block is checked and clipped as :func:`finalize_audio` does; with ``clips``, the
+    samples beyond full scale are counted there (``clips.note(name)`` says when too many
+    were).  A block with NaN/inf, or an exception raised by ``blocks``, fails the file: its
+    temporary file is removed and nothing is published (see :func:`atomic_write`)."""
     import soundfile as sf
 
     fmt = output_format(path, subtype)
@@ -569,7 +629,7 @@ def write_audio_blocks(path: str | os.PathLike[str], blocks: Iterable[np.ndarray
         with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype,
                           format=fmt) as out:
             for block in blocks:
-                out.write(finalize_audio(block, name, subtype))
+                out.write(finalize_audio(block, name, subtype, clips))
                 written += int(np.size(block))
 
     atomic_write(path, write, overwrite=overwrite)

@@ -29,7 +29,7 @@ from typing import Any
 
 from .download import Downloaded, RetryPolicy, Source, download, partial_path, sha256_file
 from .errors import (CheckpointError, CheckpointNotAvailableError, ChecksumMismatchError,
-                     UsageError)
+                     DownloadError, UsageError)
 from .fileio import remove_files, remove_stale_parts, write_json
 from .lock import CheckpointLock
 from .progress import ProgressReporter
@@ -152,6 +152,47 @@ def sources_for(entry: RegistryEntry, settings: Settings) -> list[Source]:
     return sources
 
 
+# ---------------------------------------------------------------------------------------------
+# The way forward: every failure to get a registry checkpoint ends with what to do instead.
+# ``how`` is how the command at hand names a checkpoint: "option" (``-c NAME``: synth, mel,
+# score, plot, bench and the API), "argument" (``info NAME``, ``convert NAME``) or "fetch"
+# (``fetch NAME``, registry names only), so that a hint only names flags that command has.
+
+
+def way_forward(entry: RegistryEntry, how: str = "option", offline: bool = False) -> str:
+    """One clause (no newline) naming the ways on when ``entry`` cannot be fetched."""
+    first = f"`waveglow fetch {entry.name}` once online, " if offline and how != "fetch" else ""
+    mirror = f"WAVEGLOW_MIRROR=<base URL serving {entry.filename}> to download from a mirror"
+    if how == "argument":
+        return (f"to go on: {first}`demo` in its place for a try-out (bundled, works "
+                f"offline), {mirror}, or the PATH of a checkpoint file you have")
+    if how == "fetch":
+        return ("to go on: `waveglow synth MELS -c demo` for a try-out (bundled, works "
+                f"offline), {mirror}, or `waveglow synth MELS -c PATH` with a checkpoint "
+                "file you have")
+    return (f"to go on: {first}`-c demo` for a try-out (bundled, works offline), {mirror}, "
+            "or `-c PATH` for a checkpoint file you have")
+
+
+def with_way_forward(error: BaseException, entry: RegistryEntry, how: str = "option",
+                     offline: bool = False) -> BaseException:
+    """``error`` with :func:`way_forward` at the end of its one line (returned, for ``raise``);
+    :func:`reword_way_forward` can rephrase it for another command."""
+    base = getattr(error, "without_way_forward", None) or (error.args[0] if error.args
+                                                            else str(error))
+    error.without_way_forward = base             # type: ignore[attr-defined]
+    error.way_forward_of = (entry, offline)      # type: ignore[attr-defined]
+    error.args = (f"{base}; {way_forward(entry, how, offline)}",)
+    return error
+
+
+def reword_way_forward(error: BaseException, how: str) -> BaseException:
+    """``error``'s way forward phrased for a command that names checkpoints ``how``."""
+    if (found := getattr(error, "way_forward_of", None)) is not None:
+        with_way_forward(error, found[0], how, found[1])
+    return error
+
+
 @dataclass
 class FetchResult:
     entry: RegistryEntry
@@ -248,10 +289,10 @@ def _verify_or_discard(entry: RegistryEntry, settings: Settings, paths: CachePat
     # or size they miss, or they do not load): only then are they deleted.
     _remove_files(paths)
     if settings.offline:
-        raise ChecksumMismatchError(
+        raise with_way_forward(ChecksumMismatchError(
             entry.name, str(paths.folder), "cache", "a verified file", problem,
-            "the corrupt files were removed; offline mode (WAVEGLOW_OFFLINE=1 or "
-            "--offline) forbids downloading it again")
+            "the corrupt files were removed; offline mode forbids downloading it again"),
+            entry, offline=True)
     reporter.note(f"{entry.name}: cached copy is corrupt ({problem}); downloading it again")
     return None, problem
 
@@ -283,21 +324,24 @@ def _download_and_record(entry: RegistryEntry, settings: Settings, paths: CacheP
     """Download, verify, convert and record ``entry`` (under its lock); ``problem``: what
     was wrong with the cached copy this replaces ('' for a first download)."""
     if settings.offline:
-        raise CheckpointNotAvailableError(
+        raise with_way_forward(CheckpointNotAvailableError(
             f"checkpoint {entry.name!r} is not downloaded (looked in {paths.folder}) and "
-            "offline mode (WAVEGLOW_OFFLINE=1 or --offline) forbids fetching it")
+            "offline mode forbids fetching it"), entry, offline=True)
     if not entry.urls and not settings.mirror:
-        raise UsageError(f"checkpoint {entry.name!r} has no URL to download it from")
+        raise with_way_forward(
+            UsageError(f"checkpoint {entry.name!r} has no URL to download it from"), entry)
     check = _LoadCheck(entry)
     try:
         got = download(sources_for(entry, settings), paths.original, size=entry.size,
                        sha256=entry.sha256, progress=reporter, policy=policy,
                        validate=check, label=entry.name, limits=settings.limits)
-    except BaseException:
+    except BaseException as e:
         try:
             paths.folder.rmdir()   # leave no empty folder behind (a .partial stays)
         except OSError:
             pass
+        if isinstance(e, (DownloadError, ChecksumMismatchError, CheckpointError)):
+            raise with_way_forward(e, entry) from None
         raise
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     meta = _convert_and_record(entry, settings, paths, check.checkpoint, got.sha256, got.size,
@@ -520,11 +564,10 @@ def ensure_checkpoint(spec: str, settings: Settings, progress: object = None,
     if local is not None:
         return local
     if settings.offline:
-        raise CheckpointNotAvailableError(
+        raise with_way_forward(CheckpointNotAvailableError(
             f"checkpoint {entry.name!r} is not downloaded (looked in "
-            f"{settings.checkpoint_dir / entry.name}) and offline mode (WAVEGLOW_OFFLINE=1 or "
-            f"--offline) forbids fetching it; run `waveglow fetch {entry.name}` while online, "
-            f"or pass --checkpoint PATH")
+            f"{settings.checkpoint_dir / entry.name}) and offline mode forbids fetching it"),
+            entry, offline=True)
     return fetch_checkpoint(entry, settings, progress=progress).path
 
 
@@ -562,4 +605,4 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
 
 __all__ = ["cache_paths", "cached_file", "ensure_checkpoint", "fetch_checkpoint",
            "remove_checkpoint", "read_metadata", "read_record", "describe_cached", "FetchResult",
-           "CachePaths", "sources_for"]
+           "CachePaths", "sources_for", "way_forward", "with_way_forward", "reword_way_forward"]

@@ -214,3 +214,42 @@ class TransferRestart(Exception):
 class JobStopped(Exception):
     """Internal: ends a batch job at its first failure (``--fail-fast``); the job returns its
     summary so far, marked stopped.  Never reaches a user."""
+
+
+class StdoutClosed(Exception):
+    """Standard output was closed by its reader (``| head -c 100``): the job ends at once and
+    the command exits quietly, as other Unix tools do.  Not an item failure."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception by the command line's handler so a job stops as at
+    Ctrl-C (its summary so far is printed; exit 143 instead of 130)."""
+
+    signal_number = 15
+
+
+class OutputExistsHint(OutputExistsError):
+    """An :class:`OutputExistsError` whose hint names only the flags its command offers
+    (``convert`` and ``plot`` have ``--overwrite`` but no ``--skip-existing``).
+
+    A command rephrases one raised deeper (same path, same ``meanwhile``, same exit code)::
+
+        except OutputExistsError as e:
+            raise OutputExistsHint.of(e, ("--overwrite",)) from None
+    """
+
+    _WAYS = (("--overwrite", "--overwrite to replace it"),
+             ("--skip-existing", "--skip-existing to keep it"))
+
+    def __init__(self, path: str | Path, *, meanwhile: bool = False,
+                 flags: tuple[str, ...] = ("--overwrite",)) -> None:
+        super().__init__(path, meanwhile=meanwhile)
+        self.flags = tuple(flags)
+        what = "output exists (written by another run meanwhile)" if meanwhile \
+            else "output exists"
+        ways = [way for flag, way in self._WAYS if flag in self.flags]
+        self.args = (f"{self.path}: {what}" + (f"; pass {' or '.join(ways)}" if ways else ""),)
+
+    @classmethod
+    def of(cls, error: OutputExistsError, flags: tuple[str, ...]) -> OutputExistsHint:
+        return cls(error.path, meanwhile=error.meanwhile, flags=flags)

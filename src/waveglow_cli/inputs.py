@@ -14,6 +14,7 @@ import torch
 from .audio_io import LazyMel, open_input, peek, prepare_audio, read_audio, read_mel, sniff
 from .errors import AudioFileError, MelFileError
 from .mel import MelConfig, mel_spectrogram
+from .melcheck import check_mel_scale
 
 
 def audio_to_mel(source: str | os.PathLike[str] | bytes | IO[bytes], config: MelConfig,
@@ -55,8 +56,14 @@ def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: s
         return audio_to_mel(f, config, name)
     notes: list[str] = []
     mel = read_mel(f, name, n_mels=config.n_mels, layout=layout, scale=scale, notes=notes,
-                   lazy=lazy)
-    return mel, notes
+                   lazy=True)
+    assert isinstance(mel, LazyMel)
+    # The file's own values (before the log-base conversion), a few windows of frames only.
+    note = check_mel_scale(name, mel.data, scale, config.clip_min)
+    mel.release()
+    if note is not None:
+        notes.append(note)
+    return (mel if lazy else np.asarray(mel)), notes
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ or a streaming writer reuses the loop as it is.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
-from .errors import (InputFileError, JobStopped, OutputExistsError, SynthesisError, UsageError,
-                     WaveGlowError)
+from .errors import (InputFileError, JobStopped, OutputExistsError, StdoutClosed, SynthesisError,
+                     UsageError, WaveGlowError)
 from .fileio import refuse_non_regular, remove_stale_parts
 
 if TYPE_CHECKING:
@@ -111,8 +112,15 @@ def _planned(items: list[Item], output: str | None, suffix: str) -> list[Path | 
     if _names_one_file(output):
         return [Path(output)] * len(items)  # type: ignore[arg-type]
     return [Path(output) / Path(item.key).with_suffix(suffix) if output is not None
-            else None if item.source is None else item.source.with_suffix(suffix)
+            else None if item.source is None else _beside(item.source, suffix)
             for item in items]
+
+
+def _beside(source: Path, suffix: str) -> Path:
+    """The default output beside an input: ``<stem><suffix>``, or ``<stem>.synth<suffix>``
+    where that would be the input itself (copy synthesis of ``speech.wav``)."""
+    target = source.with_suffix(suffix)
+    return source.with_suffix(".synth" + suffix) if target.name.lower() == source.name.lower() else target
 
 
 def plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
@@ -270,6 +278,7 @@ class Summary:
     sample_rate: int | None = None
     seconds: float = 0.0           # seconds of audio written, summed in the order written
     stopped: bool = False          # fail-fast ended the job at its first failure
+    interrupted: int | None = None  # the signal (2 SIGINT, 15 SIGTERM) that ended the job early
 
     def add(self, result: ItemResult) -> None:
         self.results.append(result)
@@ -309,6 +318,11 @@ class JobProgress(Protocol):
 
     def failed(self, error: BaseException) -> None:
         """An item failed (the job goes on unless it is fail-fast)."""
+
+    # Optional (a synthesis job calls them where they exist), so audio progress can move
+    # within one long file:
+    #   expect(seconds): this much more audio is to come (each window's mels, once loaded);
+    #   produced(seconds): audio produced so far in the job, after every block (piece/batch).
 
 
 class SilentProgress:
@@ -350,6 +364,16 @@ def run_items(items: list[Item], outputs: list[Path | None], policy: OutputPolic
     progress = progress or SilentProgress()
     inputs = input_paths(items) if inputs is None else inputs
     summary = Summary()
+    try:
+        _run_items(items, outputs, policy, handle, progress, stdin, inputs, summary)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (errors.Terminated): the results so far
+        summary.interrupted = getattr(e, "signal_number", 2)
+    return summary
+
+
+def _run_items(items: list[Item], outputs: list[Path | None], policy: OutputPolicy,
+               handle: Handler, progress: JobProgress, stdin: IO[bytes] | None,
+               inputs: set[Path], summary: Summary) -> None:
     for item, target in zip(items, outputs):
         status: Status = "written"
         error: BaseException | None = None
@@ -361,7 +385,7 @@ def run_items(items: list[Item], outputs: list[Path | None], policy: OutputPolic
                     handle(item, data, target, progress)
             else:
                 handle(item, item.source, target, progress)
-        except UsageError:
+        except (UsageError, StdoutClosed):
             raise
         except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
             error = _as_item_error(item, e, "failed", InputFileError)
@@ -371,7 +395,6 @@ def run_items(items: list[Item], outputs: list[Path | None], policy: OutputPolic
                 progress.failed(error)
         summary.add(ItemResult(item, target, status, error))
         progress.advance()
-    return summary
 
 
 def read_stdin(stream: IO[bytes] | None) -> IO[bytes]:
@@ -409,23 +432,27 @@ class AudioWriter:
     overwrite: bool = False
     stdout: IO[bytes] | None = None
     plot: MelConfig | None = None    # the mel settings to draw with; None: no figures
+    notes: list[str] = field(default_factory=list)  # clipping notes, taken by the job
 
     def __call__(self, item: Item, target: Path | None, mel: MelLike,
                  blocks: Iterator[np.ndarray]) -> int:
         import numpy as np
 
-        from .audio_io import encode_audio, finalize_audio, write_audio_blocks
+        from .audio_io import ClipCount, encode_audio, finalize_audio, write_audio_blocks
 
+        clips = ClipCount()
         if target is None:
-            parts = [finalize_audio(b, item.display, self.subtype) for b in blocks]
+            parts = [finalize_audio(b, item.display, self.subtype, clips) for b in blocks]
             audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
             write_stream(self.stdout, encode_audio(audio, self.sample_rate, self.subtype))
+            self._note_clipping(clips, f"{item.display} (standard output)")
             return int(audio.size)
         kept: list[np.ndarray] = []
         if self.plot is not None:  # the figure shows the whole waveform
             blocks = (kept.append(b) or b for b in blocks)  # type: ignore[func-returns-value]
         samples = write_audio_blocks(target, blocks, self.sample_rate, self.subtype,
-                                     name=item.display, overwrite=self.overwrite)
+                                     name=item.display, overwrite=self.overwrite, clips=clips)
+        self._note_clipping(clips, str(target))
         if self.plot is not None:
             from .plot import plot_signals
 
@@ -435,12 +462,30 @@ class AudioWriter:
                          self.plot, overwrite=self.overwrite)
         return samples
 
+    def _note_clipping(self, clips: Any, name: str) -> None:
+        text = clips.note(name)  # None unless more than audio_io.CLIP_NOTE_FRACTION clipped
+        if text is not None:
+            self.notes.append(text)
+
+    def take_notes(self) -> list[str]:
+        """Notes about the items written since the last call (clipping), for the job."""
+        taken, self.notes = self.notes, []
+        return taken
+
 
 def write_stream(stream: IO[bytes] | None, data: bytes) -> None:
     if stream is None:
         raise UsageError("standard output ('-o -') is not available to this job")
-    stream.write(data)
-    stream.flush()
+    view = memoryview(data)
+    try:
+        while view:  # a buffered write may return short (the reader left mid-write): go on
+            written = stream.write(view)
+            if written == 0:
+                raise OSError(errno.EIO, "standard output accepts no more data")
+            view = view[len(view) if written is None else written:]
+        stream.flush()
+    except BrokenPipeError:  # the reader is gone (`| head -c 100`): not this item's failure
+        raise StdoutClosed from None
 
 
 @dataclass
@@ -468,6 +513,8 @@ class SynthesisJob:
                 run.window(pairs[start:start + self.window])
         except JobStopped:
             run.summary.stopped = True
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what was written so far
+            run.summary.interrupted = getattr(e, "signal_number", 2)
         return run.summary
 
 
@@ -485,18 +532,37 @@ class _SynthesisRun:
         loaded = self._load(pairs)
         mels = dict(loaded)
         cancelled: set[str] = set()
+        hop = getattr(getattr(self.job.synthesizer, "config", None), "hop_length", None)
+        expect = getattr(self.progress, "expect", None)
+        if hop and expect is not None and loaded:
+            expect(sum(int(mel.shape[1]) for _, mel in loaded) * hop / self.job.sample_rate)
         # Each item's events arrive together and in order: write them as they come.
         for key, events in itertools.groupby(self.job.synthesizer.stream(loaded, cancelled),
                                              key=lambda event: event[0]):
             item, target = targets[key]
             try:
-                samples = self.job.write(item, target, mels.get(key), _blocks_of(item, events))
+                samples = self.job.write(item, target, mels.get(key),
+                                         self._reported(_blocks_of(item, events)))
                 self._end(ItemResult(item, target, "written", samples=samples))
+                for text in getattr(self.job.write, "take_notes", list)():
+                    self.progress.note(text)  # e.g. most samples clipped: a wrong mel scale
+            except StdoutClosed:
+                raise
             except Exception as e:  # noqa: BLE001 - MemoryError ...: this item fails
                 cancelled.add(key)  # the rest of its pieces are not computed
                 self._failed(item, target, _as_item_error(item, e, "synthesis failed",
                                                           SynthesisError))
             self.progress.advance(seconds=self.summary.seconds)
+
+    def _reported(self, blocks: Iterator[Any]) -> Iterator[Any]:
+        """``blocks`` as they are, reporting the audio produced after each one."""
+        produced = getattr(self.progress, "produced", None)
+        done = 0
+        for block in blocks:
+            done += len(block)
+            if produced is not None:
+                produced(self.summary.seconds + done / self.job.sample_rate)
+            yield block
 
     def _load(self, pairs: list[tuple[Item, Path | None]]) -> list[tuple[str, Any]]:
         loaded = []

@@ -28,6 +28,33 @@ from .mel import mel
 from .synth import synth
 from .train import train
 
+# Typer labels each option with its Python annotation (<bool>, <str>, <list[str]>); show
+# the words click uses instead, and nothing for a flag (its name says it all).
+_TYPE_LABELS = {"<bool>": None, "<str>": "TEXT", "<int>": "INTEGER", "<float>": "FLOAT",
+                "<list[str]>": "TEXT", "<Path>": "PATH", "<float range>": "FLOAT",
+                "<int range>": "INTEGER"}
+
+
+def _plain_type_labels() -> None:
+    import typer.core
+
+    for name in ("TyperOption", "TyperArgument"):
+        cls = getattr(typer.core, name, None)
+        original = getattr(cls, "display_type_rich", None)
+        if original is None or getattr(original, "plain", False):
+            continue
+
+        def display_type_rich(self: object, ctx: object, _original: object = original
+                              ) -> str | None:
+            label = _original(self, ctx)  # type: ignore[operator]
+            return _TYPE_LABELS.get(label, label) if isinstance(label, str) else label
+
+        display_type_rich.plain = True  # type: ignore[attr-defined]
+        setattr(cls, "display_type_rich", display_type_rich)
+
+
+_plain_type_labels()
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="WaveGlow vocoder: mel spectrograms to audio, exactly as NVIDIA's "
                        "reference, on CPU, CUDA or MPS.")

@@ -104,11 +104,22 @@ def plot(
         plot_signals(target, panels, config, overwrite=overwrite)  # type: ignore[arg-type]
 
     with errors_to_exit(settings, os_errors=False):
-        with ItemProgress(0, "plot", settings) as progress:  # no bar: one line per failure
+        with _PlotProgress(0, "plot", settings) as progress:  # no bar: one line per failure
             summary = run_items([group[0] for group in groups], outputs,  # type: ignore[arg-type]
                                 OutputPolicy(overwrite=overwrite), handle, progress,
                                 inputs=input_paths(items))
     raise typer.Exit(EXIT_INPUT_FAILED if summary.failed else EXIT_OK)
+
+
+class _PlotProgress(ItemProgress):
+    """An existing figure's message names only --overwrite (plot has no --skip-existing)."""
+
+    def failed(self, error: BaseException) -> None:
+        from ..errors import OutputExistsError, OutputExistsHint
+
+        if isinstance(error, OutputExistsError) and not isinstance(error, OutputExistsHint):
+            error = OutputExistsHint.of(error, ("--overwrite",))
+        super().failed(error)
 
 
 def _panels_for(item: Item, config: MelConfig) -> list[tuple[str, Any, str]]:

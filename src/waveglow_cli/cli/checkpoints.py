@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import OutputExistsError, UsageError, WaveGlowError
+from ..errors import OutputExistsError, OutputExistsHint, UsageError, WaveGlowError
 from .common import (EXIT_INPUT_FAILED, EXIT_OK, DownloadBar, JsonOption, OfflineOption,
                      errors_to_exit, load_settings, report, stderr_console)
 
@@ -41,8 +41,13 @@ def info(checkpoint: CheckpointArgument, as_json: JsonOption = False,
     if data["sha256"]:
         original = Path(data["sha256_of"])
         typer.echo(f"sha256:       {data['sha256']}"
-                   + (f" ({original.name})" if original != Path(data["path"]) else ""))
-    if data["name"] is not None:
+                   + (f" ({original.name})" if original != Path(data["path"]) else "")
+                   + (" (matches the pinned sha256)" if data["bundled"]
+                      and data["sha256_published"] else ""))
+    if data["bundled"]:
+        typer.echo(f"size:         {data['size']:,} bytes (ships with the package; no cache, "
+                   "no download)")
+    elif data["name"] is not None:
         typer.echo(f"cache:        {data['cache_dir']}")
     typer.echo(f"parameters:   {data['parameters']:,}")
     typer.echo(f"sample rate:  {data['sample_rate']}")
@@ -52,8 +57,10 @@ def info(checkpoint: CheckpointArgument, as_json: JsonOption = False,
 
 
 def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
-    """What ``info`` prints: where the file is, what it holds, its hash and provenance."""
-    from ..cache import cache_paths, read_record
+    """What ``info`` prints: where the file is, what it holds, its hash and provenance.  A
+    bundled checkpoint (shipped with the package) is hashed and checked against its pinned
+    sha256; it has no cache folder."""
+    from ..cache import cache_paths, fetch_checkpoint, read_record, reword_way_forward
     from ..checkpoint import read_checkpoint
     from ..download import sha256_file
     from ..registry import Registry
@@ -62,7 +69,12 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
 
     registry = Registry.load(settings)
     entry = None if Path(spec).expanduser().exists() else registry.find(spec)
-    path = ensure_checkpoint(spec, settings, DownloadBar(), registry)
+    if entry is not None and entry.bundled is not None:
+        return _describe_bundled(entry, fetch_checkpoint(entry, settings))
+    try:
+        path = ensure_checkpoint(spec, settings, DownloadBar(), registry)
+    except WaveGlowError as e:
+        raise reword_way_forward(e, "argument") from None
     ckpt = read_checkpoint(path)
     meta, record_problem = read_record(entry, settings) if entry is not None else ({}, "")
     if record_problem:  # the bytes are hashed below instead; a damaged record is a note
@@ -70,7 +82,6 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
                              f"{entry.name}` repairs it")
     original = cache_paths(entry, settings).original if entry is not None else path
     sha256 = meta.get("sha256") or (sha256_file(original) if original.is_file() else None)
-    mel = mel_config_for(ckpt, entry).to_dict()
     return {
         "name": entry.name if entry is not None else None,
         "path": str(path),
@@ -81,12 +92,32 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
         "sha256_published": bool(entry is not None and entry.sha256),
         "size": original.stat().st_size if original.is_file() else meta.get("size"),
         "cache_dir": str(cache_paths(entry, settings).folder) if entry is not None else None,
+        "bundled": False,
         "source_url": meta.get("url"),
         "downloaded_at": meta.get("downloaded_at"),
-        "parameters": sum(t.numel() for t in ckpt.state_dict.values()),
-        "sample_rate": ckpt.sample_rate,
-        "architecture": ckpt.config.to_dict(),
-        "mel": mel,
+        **_contents(ckpt, mel_config_for(ckpt, entry).to_dict()),
+    }
+
+
+def _contents(ckpt: Any, mel: dict[str, Any]) -> dict[str, Any]:
+    return {"parameters": sum(t.numel() for t in ckpt.state_dict.values()),
+            "sample_rate": ckpt.sample_rate, "architecture": ckpt.config.to_dict(), "mel": mel}
+
+
+def _describe_bundled(entry: RegistryEntry, result: Any) -> dict[str, Any]:
+    """``info`` of a checkpoint shipped with the package: the packaged file, its sha256 (checked
+    against the registry's pin by ``fetch_checkpoint``, which raises on a mismatch), its size."""
+    from ..checkpoint import read_checkpoint
+    from ..vocoder import mel_config_for
+
+    ckpt = read_checkpoint(result.path)
+    return {
+        "name": entry.name, "path": str(result.path), "format": ckpt.source_format,
+        "original_format": None, "sha256": result.sha256, "sha256_of": str(result.path),
+        "sha256_published": result.published_sha256,
+        "size": result.path.stat().st_size, "cache_dir": None, "bundled": True,
+        "source_url": None, "downloaded_at": None,
+        **_contents(ckpt, mel_config_for(ckpt, entry).to_dict()),
     }
 
 
@@ -97,26 +128,33 @@ def convert(
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Storage type: fp32, or fp16 (half the size; weights rounded once, "
                         "computation unchanged).")] = "fp32",
+    offline: OfflineOption = False,
 ) -> None:
     """Convert any supported checkpoint to the safe, fast-loading safetensors format."""
     import torch
 
     from ..checkpoint import read_checkpoint, save_checkpoint
-    from ..cache import ensure_checkpoint
+    from ..cache import ensure_checkpoint, reword_way_forward
 
-    settings = load_settings()
+    settings = load_settings(offline)
     with errors_to_exit(settings):
         if output.suffix != ".safetensors":
             raise UsageError(f"{output}: the output must end in .safetensors")
         storage = {"fp32": torch.float32, "fp16": torch.float16}.get(dtype)
         if storage is None:
             raise UsageError(f"--dtype {dtype!r}: use fp32 or fp16")
-        source = ensure_checkpoint(checkpoint, settings, DownloadBar())
+        try:
+            source = ensure_checkpoint(checkpoint, settings, DownloadBar())
+        except WaveGlowError as e:
+            raise reword_way_forward(e, "argument") from None
         if output.exists() and output.resolve() == source.resolve():
             raise UsageError(f"{output}: refusing to overwrite the input")
-        if output.exists() and not overwrite:
-            raise OutputExistsError(output)
-        save_checkpoint(output, read_checkpoint(source), dtype=storage, overwrite=overwrite)
+        try:  # convert has --overwrite, no --skip-existing: the hint names only the former
+            if output.exists() and not overwrite:
+                raise OutputExistsError(output)
+            save_checkpoint(output, read_checkpoint(source), dtype=storage, overwrite=overwrite)
+        except OutputExistsError as e:
+            raise OutputExistsHint.of(e, ("--overwrite",)) from None
     stderr_console().out(f"wrote {output}")
 
 
@@ -167,7 +205,7 @@ def fetch(
     """Download checkpoints into the cache (verified, resumable, locked).
 
     A cached checkpoint needs no network at all.  Prints each one's cached path on stdout."""
-    from ..cache import fetch_checkpoint
+    from ..cache import fetch_checkpoint, reword_way_forward
 
     settings = load_settings(offline)
     with errors_to_exit(settings, os_errors=False):
@@ -184,7 +222,7 @@ def fetch(
         except (WaveGlowError, OSError) as e:
             bar.finish()
             failures += 1
-            report(e, settings, bar.console)
+            report(reword_way_forward(e, "fetch"), settings, bar.console)
             continue
         bar.finish()
         if result.action == "cached":
@@ -221,17 +259,26 @@ def list_checkpoints(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # Names, sizes and states never wrap; the description column takes what is left and wraps
+    # between words (aliases below it, comma-separated, so no name is cut mid-word at 80
+    # columns; one longer than the whole column is the only thing folded).
     table = Table(show_lines=False)
-    for column in ("name", "aliases", "size", "cached", "description"):
-        table.add_column(column, overflow="fold")
+    for column in ("name", "size", "cached"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description (aliases)", overflow="fold", ratio=1, min_width=24)
     for row in rows:
         first_sentence = row["description"].split(". ")[0].rstrip(".")
         aliases = [a for a in row["aliases"] if a.removesuffix(".pt") == a
                    or a.removesuffix(".pt") not in row["aliases"]]   # x.pt beside x: shown once
+        aliases = [a for a in aliases if a.removesuffix(".pth") == a
+                   or a.removesuffix(".pth") not in aliases]
         cached = "bundled" if row.get("bundled") else "yes" if row["cached"] else "no"
-        table.add_row(row["name"], "\n".join(aliases), _human_size(row["size"]), cached,
-                      first_sentence)
+        text = Text(first_sentence)
+        if aliases:
+            text.append("\naliases: " + ", ".join(aliases), style="dim")
+        table.add_row(row["name"], _human_size(row["size"]), cached, text)
     Console(highlight=False).print(table)
 
 

@@ -5,27 +5,34 @@ displays (rich lives here, never in the library)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from ..errors import (CheckpointNotAvailableError, InputFileError, OutputExistsError,
-                      UsageError, WaveGlowError, printable)
+                      StdoutClosed, Terminated, UsageError, WaveGlowError, printable)
 from ..registry import DEFAULT_CHECKPOINT
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..jobs import Summary
 
 __all__ = ["EXIT_OK", "EXIT_INPUT_FAILED", "EXIT_USAGE", "DEFAULT_CHECKPOINT", "stderr_console",
            "report", "exit_with", "errors_to_exit", "load_settings", "CheckpointOption",
            "MelCheckpointOption", "DeviceOption", "PrecisionOption", "QuietOption",
            "OverwriteOption", "SkipExistingOption", "OfflineOption", "JsonOption", "ItemProgress",
-           "DownloadBar"]
+           "DownloadBar", "EXIT_STDOUT_CLOSED", "refuse_binary_to_terminal", "check_checkpoint",
+           "interrupts_to_exit", "end_of_job"]
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -c 1`'s yes
 
 
 class _MessageConsole(Console):
@@ -87,6 +94,86 @@ def load_settings(offline: bool = False) -> Settings:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checks made before anything heavy is imported, and the end of a batch job
+
+
+def refuse_binary_to_terminal(targets: list[Path | None], what: str, suffix: str) -> None:
+    """Standard output (a target None) that is a terminal gets no binary data (as curl)."""
+    stdout = sys.stdout
+    if any(t is None for t in targets) and stdout is not None and stdout.isatty():
+        raise UsageError(f"refusing to write {what} to a terminal; redirect it "
+                         f"(-o - > out{suffix}), pipe it (-o - | ...) or pass -o FILE")
+
+
+def check_checkpoint(spec: str, settings: Settings) -> None:
+    """An unknown checkpoint name is reported before torch is imported (a file that exists
+    and a registry name pass; what they hold is checked when loaded)."""
+    from ..registry import Registry, unknown_checkpoint_error
+
+    if Path(spec).expanduser().exists():
+        return
+    registry = Registry.load(settings)
+    if registry.find(spec) is None:
+        raise unknown_checkpoint_error(spec, registry)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def interrupts_to_exit() -> Iterator[None]:
+    """Inside, SIGTERM raises :class:`~waveglow_cli.errors.Terminated` (a KeyboardInterrupt),
+    so a job stops at either signal and returns its summary so far (:func:`end_of_job`).
+    One that arrives outside a job (loading the model) is one line and exit 130 (SIGINT) or
+    143 (SIGTERM).  A reader that closes standard output (``| head -c 100``) ends the command
+    quietly: no message, exit 141 (128 + SIGPIPE, as a shell shows for other tools)."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        stderr_console().out("interrupted; nothing was written")
+        raise typer.Exit(128 + getattr(e, "signal_number", 2)) from None
+    except StdoutClosed:
+        _silence_stdout()
+        raise typer.Exit(EXIT_STDOUT_CLOSED) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's last flush of standard
+    output meets no broken pipe (and prints no "Exception ignored")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def end_of_job(summary: Summary, quiet: bool) -> None:
+    """Print the job's summary line (unless ``quiet``); an interrupted job also says how to
+    resume and exits 130/143, a fail-fast one exits 1.  Returns for a job that ran through."""
+    console = stderr_console()
+    if not quiet:
+        console.out(summary.line(with_seconds=not summary.stopped))
+    if summary.interrupted:
+        name = "SIGTERM" if summary.interrupted == 15 else "SIGINT"
+        console.out(f"interrupted ({name}): the outputs written are complete and kept, none is "
+                    "half-written; run the same command with --skip-existing to resume")
+        raise typer.Exit(128 + summary.interrupted)
+    if summary.stopped:
+        raise typer.Exit(EXIT_INPUT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------------
 # Options several commands declare alike (their help texts as each command shows them)
 
 
@@ -113,17 +200,30 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 class ItemProgress:
-    """A rich progress bar on a TTY (stderr) for more than one item; silent otherwise.  What a
-    job reports to (:class:`waveglow_cli.jobs.JobProgress`): failures become error lines,
-    notes ``note:`` lines (not with ``notes=False``)."""
+    """A rich progress bar on a TTY (stderr) for more than one item; silent otherwise (pipes,
+    files).  What a job reports to (:class:`waveglow_cli.jobs.JobProgress`): failures become
+    error lines, notes ``note:`` lines (not with ``notes=False``).
+
+    With ``audio`` (synthesis), the bar measures seconds of audio, moved after every piece or
+    batch, so even one long file shows movement; its rate is a real-time factor and its ETA
+    comes from the audio still to produce (known from the loaded mels' frame counts)."""
 
     def __init__(self, total: int, label: str, settings: Settings | None = None,
-                 notes: bool = True) -> None:
+                 notes: bool = True, audio: bool = False) -> None:
         self.console = stderr_console()
         self.settings = settings
         self.notes = notes
         self._progress = None
-        if total > 1 and self.console.is_terminal:
+        self._audio = audio and total > 0
+        self._items, self._ended, self._expected, self._produced = total, 0, 0.0, 0.0
+        if self._audio and self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn(label), BarColumn(),
+                                      TextColumn("{task.description}"), TimeRemainingColumn(),
+                                      console=self.console)
+            self._task = self._progress.add_task(self._audio_text(), total=None)
+        elif total > 1 and self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
@@ -140,7 +240,35 @@ class ItemProgress:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _audio_text(self) -> str:
+        tasks = self._progress.tasks if self._progress is not None else []
+        elapsed = tasks[0].elapsed if tasks else None
+        rate = (f", {self._produced / elapsed:.1f}x real time"
+                if elapsed and self._produced else "")
+        return (f"{self._produced:.1f}/{self._expected:.1f} s of audio{rate}, "
+                f"{self._ended}/{self._items} files")
+
+    def expect(self, seconds: float) -> None:
+        self._expected += seconds
+        if self._progress is not None:
+            self._progress.update(self._task, total=self._expected,
+                                  description=self._audio_text())
+
+    def produced(self, seconds: float) -> None:
+        self._produced = seconds
+        if self._progress is not None:
+            self._progress.update(self._task, completed=seconds,
+                                  description=self._audio_text())
+
     def advance(self, seconds: float | None = None) -> None:
+        if self._audio:
+            self._ended += 1
+            if seconds is not None:
+                self._produced = seconds
+            if self._progress is not None:
+                self._progress.update(self._task, completed=self._produced,
+                                      description=self._audio_text())
+            return
         if self._progress is not None:
             self._progress.advance(self._task)
             if seconds is not None:

@@ -11,42 +11,48 @@ import typer
 
 from ..errors import UsageError
 from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, DownloadBar, ItemProgress,
-                     MelCheckpointOption, OverwriteOption, SkipExistingOption, errors_to_exit,
-                     load_settings)
+                     MelCheckpointOption, OverwriteOption, QuietOption, SkipExistingOption,
+                     check_checkpoint, end_of_job, errors_to_exit, interrupts_to_exit,
+                     load_settings, refuse_binary_to_terminal)
+
+FORMATS = ("npy", "pt")
 
 
 def mel(
-    inputs: Annotated[list[str], typer.Argument(
+    inputs: Annotated[list[str], typer.Argument( metavar="INPUT",
         help="Audio files (WAV, FLAC, OGG, ...), folders of them, or - for stdin.",
         show_default=False)],
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Output file for one input, a folder for several, - for stdout. "
                               "Default: <stem>.npy beside each input (stdout for stdin).")] = None,
     checkpoint: MelCheckpointOption = DEFAULT_CHECKPOINT,
-    fmt: Annotated[str, typer.Option("--format", help="npy, or pt (a torch tensor, as NVIDIA's "
-                                                      "inference.py reads).")] = "npy",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="npy, or pt (a torch tensor, as NVIDIA's inference.py reads). "
+                         "Default: the suffix of -o FILE.npy/.pt, else npy.",
+        show_default=False)] = None,
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Compute Tacotron 2 mel spectrograms (float32, (n_mels, frames), natural log)."""
     from ..audio_io import AUDIO_SUFFIXES, atomic_write, encode_mel
-    from ..inputs import audio_to_mel
     from ..jobs import Item, JobProgress, OutputPolicy, discover, plan_outputs, run_items, \
         write_stream
-    from ..vocoder import mel_settings_for
 
     settings = load_settings()
     with errors_to_exit(settings, os_errors=False):
         policy = OutputPolicy(overwrite, skip_existing)
-        if fmt not in ("npy", "pt"):
-            raise UsageError(f"unknown --format {fmt!r}; use npy or pt")
+        fmt = _format(fmt, output)
         items = discover(inputs, AUDIO_SUFFIXES)
         outputs = plan_outputs(items, output, f".{fmt}")
-        config = mel_settings_for(checkpoint, settings, DownloadBar())
+        refuse_binary_to_terminal(outputs, f"binary .{fmt} data", f".{fmt}")
+        check_checkpoint(checkpoint, settings)
     stdout = getattr(sys.stdout, "buffer", None)
 
     def handle(item: Item, source: Path | IO[bytes], target: Path | None,
                progress: JobProgress) -> None:
+        from ..inputs import audio_to_mel
+
         spectrogram, notes = audio_to_mel(source, config, item.display)
         for text in notes:
             progress.note(text)
@@ -56,8 +62,27 @@ def mel(
         else:
             atomic_write(target, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
-    with errors_to_exit(settings, os_errors=False):
-        with ItemProgress(len(items), "mel", settings) as progress:
+    with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
+        from ..vocoder import mel_settings_for
+
+        config = mel_settings_for(checkpoint, settings, DownloadBar(quiet))
+        with ItemProgress(0 if quiet else len(items), "mel", settings,
+                          notes=not quiet) as progress:
             summary = run_items(items, outputs, policy, handle, progress,
                                 stdin=getattr(sys.stdin, "buffer", None))
+    end_of_job(summary, quiet)
     raise typer.Exit(EXIT_INPUT_FAILED if summary.failed else EXIT_OK)
+
+
+def _format(fmt: str | None, output: str | None) -> str:
+    """--format as given, else from -o's suffix (.npy/.pt), else npy; a suffix that names the
+    other format is refused (a torch file under .npy would fool every reader)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; use npy or pt")
+    suffix = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
+    if suffix in FORMATS:
+        if fmt is not None and fmt != suffix:
+            raise UsageError(f"-o {output} names a .{suffix} file but --format is {fmt}; "
+                             f"name it .{fmt} or drop --format")
+        return suffix
+    return fmt or "npy"

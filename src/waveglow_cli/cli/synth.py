@@ -13,20 +13,22 @@ from ..errors import UsageError
 from ..settings import Shard
 from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointOption,
                      DeviceOption, DownloadBar, ItemProgress, OverwriteOption, PrecisionOption,
-                     QuietOption, SkipExistingOption, errors_to_exit, load_settings,
-                     stderr_console)
+                     QuietOption, SkipExistingOption, check_checkpoint, end_of_job,
+                     errors_to_exit, interrupts_to_exit, load_settings,
+                     refuse_binary_to_terminal)
 
 if TYPE_CHECKING:
     from ..jobs import Item, OutputPolicy, SynthesisJob
     from ..model import WaveGlowConfig
     from ..settings import Settings
 
-Inputs = Annotated[list[str], typer.Argument(
+Inputs = Annotated[list[str], typer.Argument( metavar="INPUT",
     help="Mel files (.npy/.pt, natural log), audio files (copy synthesis), folders of them "
          "(recursive), or - for stdin.", show_default=False)]
 Output = Annotated[str | None, typer.Option(
     "-o", "--output", help="Output .wav/.flac for one input, a folder for several, - for stdout. "
-                          "Default: <stem>.wav beside each input (stdout for stdin).")]
+                          "Default: <stem>.wav beside each input (<stem>.synth.wav for a "
+                          "WAV input), stdout for stdin.")]
 Sigma = Annotated[float, typer.Option(help="Noise scale (NVIDIA recommends 0.6).", min=0.0)]
 Seed = Annotated[int | None, typer.Option(
     help="Seed: each file's noise then depends only on (seed, its relative path).")]
@@ -73,27 +75,23 @@ def synth(
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
     from ..jobs import OutputPolicy, all_ranks_sum
-    from ..synthesis import return_freed_memory_promptly
 
     settings, shard = load_settings(), Shard.from_env()
-    return_freed_memory_promptly()  # memory that does not grow with the input's length
-    with errors_to_exit(settings, os_errors=False):
+    with errors_to_exit(settings, os_errors=False):  # all before torch is imported
         policy = OutputPolicy(overwrite, skip_existing)
         items, outputs = _plan(inputs, output, subtype, mel_layout, mel_scale, shard)
+        check_checkpoint(checkpoint, settings)
+    with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
         job = _synthesis_job(
             settings, shard, policy, checkpoint=checkpoint, sigma=sigma, seed=seed,
             device=device, precision=precision, subtype=subtype,
             denoiser_strength=denoiser_strength, batch_size=batch_size, max_frames=max_frames,
             batch_frames=batch_frames, mel_layout=mel_layout, mel_scale=mel_scale,
             fail_fast=fail_fast, plot=plot)
-    with errors_to_exit(settings, os_errors=False):  # a usage error met on the way
-        with ItemProgress(0 if quiet else len(items), "synth", settings,
-                          notes=not quiet) as progress:
+        with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
+                          audio=True) as progress:
             summary = job.run(items, outputs, progress)
-    if not quiet:
-        stderr_console().out(summary.line(with_seconds=not summary.stopped))
-    if summary.stopped:
-        raise typer.Exit(EXIT_INPUT_FAILED)
+    end_of_job(summary, quiet)
     failed = all_ranks_sum(summary.failed, shard)
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
 
@@ -113,6 +111,7 @@ def _plan(inputs: list[str], output: str | None, subtype: str, mel_layout: str,
     outputs = plan_outputs(items, output, ".wav")
     for target in outputs:
         output_format(target if target is not None else "-", subtype)
+    refuse_binary_to_terminal(outputs, "binary audio", ".wav")
     refuse_overwriting_inputs(items, outputs)
     return take_shard(items, outputs, shard)
 
@@ -126,8 +125,10 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, ch
     from ..jobs import synthesis_job
     from ..engine import pick_device, pick_dtype
     from ..synthesis import BatchOptions, SynthesisOptions
+    from ..synthesis import return_freed_memory_promptly
     from ..vocoder import load_vocoder
 
+    return_freed_memory_promptly()  # memory that does not grow with the input's length
     options = SynthesisOptions(sigma=sigma, seed=seed, denoiser_strength=denoiser_strength)
     if device == "auto" and shard.world > 1:
         import torch

@@ -30,7 +30,7 @@ from ..settings import Settings, Shard
 from .data import StepBatches, TrainingData, collate, prepare_data
 from .options import TrainOptions, merge_resumed
 from .report import Reporter
-from .rundir import (METRICS_FILE, TENSORBOARD_DIR, checkpoint_steps, model_path,
+from .rundir import (METRICS_FILE, RUN_FILE, TENSORBOARD_DIR, checkpoint_steps, model_path,
                      read_run_file, refuse_unusable_run_dir, run_record, save_checkpoint_set,
                      seed_everything, set_rng_state, truncate_metrics, write_run_file)
 from .setup import ModelStart, pick_amp, pick_training_device, start_model
@@ -110,6 +110,12 @@ def _train(options: TrainOptions, settings: Settings, shard: Shard) -> Path | No
         if saved:
             options = merge_resumed(options, saved)
     _barrier(shard)  # every rank has looked at the folder before rank 0 writes to it
+    if not options.data and options.resume and not saved:
+        if not steps:
+            raise UsageError(f"no run to resume in {run_dir} (no {RUN_FILE}, no checkpoint); "
+                             f"start one with: waveglow train DATA -o {run_dir}")
+        raise UsageError(f"{run_dir} has no {RUN_FILE} to take DATA from; give DATA again "
+                         "to resume")
     if not options.data:
         raise UsageError("DATA is required (a folder of audio files or a file list)")
     if options.seed is None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, WaveGlowError
 from ..mel import MelConfig
 from ..model import WaveGlow
 from ..settings import Settings, Shard
@@ -106,10 +106,14 @@ def start_model(options: TrainOptions, run_dir: Path, resume_step: int | None,
                           int(state["step"]), state,
                           f"resumed from {model_path(run_dir, resume_step)}")
     if options.init_from is not None:
-        from ..cache import ensure_checkpoint
+        from ..cache import ensure_checkpoint, reword_way_forward
         from ..vocoder import registry_entry_for
 
-        checkpoint = read_checkpoint(ensure_checkpoint(options.init_from, settings))
+        try:
+            path = ensure_checkpoint(options.init_from, settings)
+        except WaveGlowError as e:  # its way forward names --from's value, not -c
+            raise reword_way_forward(e, "argument") from None
+        checkpoint = read_checkpoint(path)
         entry = registry_entry_for(options.init_from, settings)
         return ModelStart(_model_of(checkpoint), training_mel_config(options, checkpoint, entry),
                           0, None, f"fine-tuning {options.init_from}")

@@ -532,9 +532,9 @@ class _SynthesisRun:
         loaded = self._load(pairs)
         mels = dict(loaded)
         cancelled: set[str] = set()
-        hop = getattr(getattr(self.job.synthesizer, "config", None), "hop_length", None)
-        expect = getattr(self.progress, "expect", None)
-        if hop and expect is not None and loaded:
+        hop = self.job.synthesizer.config.hop_length
+        expect = getattr(self.progress, "expect", None)  # optional (see JobProgress)
+        if expect is not None and loaded:
             expect(sum(int(mel.shape[1]) for _, mel in loaded) * hop / self.job.sample_rate)
         # Each item's events arrive together and in order: write them as they come.
         for key, events in itertools.groupby(self.job.synthesizer.stream(loaded, cancelled),

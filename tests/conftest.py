@@ -9,7 +9,16 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
+
+# One compute thread per test process, and for the commands the tests start: the suite runs
+# one process per core (pytest -n auto), so more threads only wait on each other (two OpenMP
+# threads on a busy 2-core machine made small models 2-4x slower).  Set before torch starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_glow as R  # noqa: E402
@@ -50,6 +59,33 @@ def state_dict_of(model, remove_weight_norm=False):
     if remove_weight_norm:
         model = R.WaveGlow.remove_weightnorm(model)
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def available_devices() -> list[str]:
+    """The devices the exactness tests run on: the CPU always, CUDA and MPS where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+@pytest.fixture
+def exact_float32():
+    """On CUDA, float32 means float32: TF32 (10-bit mantissa products) off for cuDNN's
+    convolutions and for matrix products, restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(params=available_devices())
+def device(request, exact_float32):
+    """Each available device in turn, with float32 exact (TF32 off) while the test runs."""
+    return torch.device(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -16,21 +16,19 @@ import pickle
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from .errors import AudioFileError, InputFileError, MelFileError, SynthesisError, UsageError
+from .errors import AudioFileError, InputFileError, MelFileError, UsageError
 from .fileio import atomic_write  # noqa: F401 - the writers' entry point, re-exported
+# Audio out lives in audio_out; its names stay importable from here.
+from .audio_out import (CLIP_NOTE_FRACTION, STREAM_FORMATS, SUBTYPES, ClipCount,  # noqa: F401
+                        StreamEncoder, encode_audio, finalize_audio, output_format, write_audio,
+                        write_audio_blocks)
 
-SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
                   ".w64", ".caf")
-# soundfile formats we write, by file extension
-_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,95 +442,6 @@ def encode_mel(mel: np.ndarray, fmt: str = "npy") -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-# Audio out
-
-
-def output_format(path: str | os.PathLike[str], subtype: str) -> str:
-    """The soundfile format for ``path`` ('-' means WAV), checking that it takes ``subtype``."""
-    if subtype not in SUBTYPES:
-        raise UsageError(f"unknown subtype {subtype!r}; choose one of {', '.join(SUBTYPES)}")
-    if str(path) == "-":
-        return "WAV"
-    suffix = Path(path).suffix.lower()
-    if suffix not in _FORMATS:
-        raise UsageError(f"{path}: unsupported output extension {suffix or '(none)'!r}; use .wav or .flac")
-    fmt = _FORMATS[suffix]
-    if fmt == "FLAC" and subtype not in ("PCM_16", "PCM_24"):
-        raise UsageError(f"{path}: FLAC stores PCM_16 or PCM_24, not {subtype}")
-    return fmt
-
-
-# More than this fraction of an output's samples beyond full scale is worth a note: WaveGlow's
-# audio of a natural-log mel hardly ever clips; that of a linear or dB mel clips most samples.
-CLIP_NOTE_FRACTION = 0.01
-
-
-@dataclass
-class ClipCount:
-    """Samples seen and how many lay beyond full scale (|x| > 1: clipped in PCM, kept in
-    FLOAT), counted by :func:`finalize_audio` and :func:`write_audio_blocks` when given one."""
-
-    samples: int = 0
-    clipped: int = 0
-    pcm: bool = True
-
-    def add(self, audio: np.ndarray, pcm: bool = True) -> None:
-        self.samples += int(audio.size)
-        self.clipped += int(np.count_nonzero(np.abs(audio) > 1.0))
-        self.pcm = pcm
-
-    @property
-    def fraction(self) -> float:
-        return self.clipped / self.samples if self.samples else 0.0
-
-    def note(self, name: str, threshold: float = CLIP_NOTE_FRACTION) -> str | None:
-        """``name: 68% of samples clipped at full scale; ...`` when more than ``threshold``
-        of the samples did, else None."""
-        if self.fraction <= threshold:
-            return None
-        share = self.fraction * 100
-        percent = f"{share:.0f}%" if share >= 10 else f"{share:.1f}%"
-        what = "clipped at full scale" if self.pcm else "beyond full scale (they clip when played)"
-        return (f"{name}: {percent} of samples {what}; the mel is probably not a natural-log "
-                "Tacotron 2 mel (see --mel-scale)")
-
-
-def finalize_audio(audio: np.ndarray, name: str, subtype: str,
-                   clips: ClipCount | None = None) -> np.ndarray:
-    """Refuse non-finite samples; clip to [-1, 1] for PCM (never wrap); FLOAT stays as is.
-    With ``clips``, the samples beyond full scale are counted there."""
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if not np.isfinite(audio).all():
-        bad = int((~np.isfinite(audio)).sum())
-        raise SynthesisError(name, f"synthesis produced {bad} NaN/inf samples; nothing was written")
-    pcm = subtype.startswith("PCM")
-    if clips is not None:
-        clips.add(audio, pcm)
-    if pcm:
-        audio = np.clip(audio, -1.0, 1.0)
-    return audio
-
-
-def encode_audio(audio: np.ndarray, sample_rate: int, subtype: str, fmt: str = "WAV") -> bytes:
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, sample_rate, subtype=subtype, format=fmt)
-    return buffer.getvalue()
-
-
-def write_audio(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
-                subtype: str = "PCM_16", *, overwrite: bool = False) -> None:
-    """Write mono ``audio`` atomically; the format comes from the extension (.wav, .flac).
-
-    An existing file is replaced only with ``overwrite`` (else :class:`OutputExistsError`, also
-    when another process wrote it meanwhile); see :func:`fileio.atomic_write`."""
-    fmt = output_format(path, subtype)
-    data = encode_audio(audio, sample_rate, subtype, fmt)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
-
-
-# ---------------------------------------------------------------------------------------------
 # Audio in
 
 
@@ -602,35 +511,3 @@ def prepare_audio(samples: np.ndarray, rate: int, target_rate: int, name: str
     if not np.isfinite(mono).all():
         raise AudioFileError(name, "audio contains NaN or infinite samples")
     return np.ascontiguousarray(mono), notes
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio out, a block at a time
-
-
-def write_audio_blocks(path: str | os.PathLike[str], blocks: Iterable[np.ndarray],
-                       sample_rate: int, subtype: str = "PCM_16", *, name: str | None = None,
-                       overwrite: bool = False, clips: ClipCount | None = None) -> int:
-    """Write mono audio that arrives in ``blocks`` (in order) atomically, one block at a time,
-    so a long output is never held whole; returns the number of samples written.
-
-    Each block is checked and clipped as :func:`finalize_audio` does; with ``clips``, the
-    samples beyond full scale are counted there (``clips.note(name)`` says when too many
-    were).  A block with NaN/inf, or an exception raised by ``blocks``, fails the file: its
-    temporary file is removed and nothing is published (see :func:`atomic_write`)."""
-    import soundfile as sf
-
-    fmt = output_format(path, subtype)
-    name = name or str(path)
-    written = 0
-
-    def write(tmp: Path) -> None:
-        nonlocal written
-        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype,
-                          format=fmt) as out:
-            for block in blocks:
-                out.write(finalize_audio(block, name, subtype, clips))
-                written += int(np.size(block))
-
-    atomic_write(path, write, overwrite=overwrite)
-    return written

@@ -7,6 +7,11 @@ the host); the median is reported.  The model's cost per output sample is comput
 architecture (:meth:`~waveglow_cli.model.WaveGlowConfig.flops_per_sample`), and the device's matmul peak
 in the same precision is measured with a large GEMM, so ``fraction_of_peak`` says how close
 synthesis gets to what the hardware does on the easiest possible work.
+
+The engine is the one ``synth`` would use, or one asked for (``--engine``: the eager model, the
+GPU engine, or the GPU engine compiled; the first run's time, compiling included, is reported
+as ``first_run_seconds``).  A reference implementation (``--baseline benchmarks/baseline.py``,
+NVIDIA glow.py's arithmetic) can be timed in the same run on the same mels and noise.
 """
 
 from __future__ import annotations
@@ -15,14 +20,22 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .engine import Engine, as_engine
 from .fastpath import FastWaveGlow
+from .gpu_engine import GpuEngine
 from .model import WaveGlow, WaveGlowConfig
+
+#: A reference implementation to time beside ours: (mel (B, M, F), noise (B, G, T), sigma) ->
+#: audio (B, F * hop), both inputs float32 on the CPU (see ``benchmarks/baseline.py``).
+Reference = Callable[[Tensor, Tensor, float], Tensor]
 
 RANDOM_CHECKPOINT = "random 256-channel model"
 
@@ -61,13 +74,32 @@ def random_model(config: WaveGlowConfig | None = None, seed: int = 0,
 
 
 def random_engine(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  config: WaveGlowConfig | None = None, seed: int = 0) -> Engine:
+                  config: WaveGlowConfig | None = None, seed: int = 0, kind: str = "auto",
+                  cache_dir: Path | None = None) -> Engine:
     """The engine of :func:`random_model` on ``device`` in ``dtype``, chosen as for a loaded
     checkpoint (:meth:`Checkpoint.engine <waveglow_cli.checkpoint.Checkpoint.engine>`: the
-    CPU bf16 fast path is folded from the float32 weights)."""
+    CPU bf16 fast path is folded from the float32 weights), or the ``kind`` asked for (see
+    :func:`~waveglow_cli.engine.engine_from_float32`)."""
     from .engine import engine_from_float32
 
-    return engine_from_float32(random_model(config, seed), device, dtype)
+    return engine_from_float32(random_model(config, seed), device, dtype, kind, cache_dir)
+
+
+def baseline_reference(build: Callable[[dict[str, Tensor]], torch.nn.Module], model: WaveGlow,
+                       device: torch.device, dtype: torch.dtype) -> Reference:
+    """``benchmarks/baseline.py``'s model (its ``build``) with ``model``'s weights, on
+    ``device`` in ``dtype`` as NVIDIA's glow.py runs there: cast whole, each 1x1 inverse made
+    in float32 from the cast weights (``prepare``, as glow.py's first call after ``.half()``)."""
+    reference = build({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    reference = reference.to(device=device, dtype=dtype)
+    reference.prepare()  # type: ignore[operator]
+
+    def infer(mel: Tensor, z: Tensor, sigma: float) -> Tensor:
+        with torch.inference_mode():
+            return reference.infer(mel.to(device, dtype), sigma,  # type: ignore[operator]
+                                   z=z.to(device))
+
+    return infer
 
 
 def synthetic_mel(n_mels: int, frames: int, seed: int = 0) -> np.ndarray:
@@ -161,14 +193,49 @@ class BenchOptions:
             raise ValueError(f"seconds={self.seconds} must be > 0")
 
 
+def engine_path(engine: Engine) -> str:
+    """How ``engine`` computes, in words (the bench's ``path``)."""
+    if isinstance(engine, FastWaveGlow):
+        return "fast-cpu (time, channels) matmuls"
+    if isinstance(engine, GpuEngine):
+        return "gpu rows (compiled)" if engine.compiled else "gpu rows"
+    return "model (Conv1d)"
+
+
+def _timer(device: torch.device, work: Callable[[], object]) -> Callable[[], float]:
+    def once() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        work()
+        _sync(device)
+        return time.perf_counter() - start
+
+    return once
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return peak_rss_mib(), "process_peak_rss"
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions,
-              checkpoint: str = RANDOM_CHECKPOINT) -> dict:
+              checkpoint: str = RANDOM_CHECKPOINT, reference: Reference | None = None) -> dict:
     """Time synthesis of ``batch_size`` synthetic mels of ``seconds`` each; see the module doc.
-    A WaveGlow is wrapped as :class:`~waveglow_cli.synthesis.Synthesizer` does."""
-    from .synthesis import BatchOptions, SynthesisOptions, Synthesizer
+    A WaveGlow is wrapped as :class:`~waveglow_cli.synthesis.Synthesizer` does.  With a
+    ``reference`` (:func:`baseline_reference`) it is timed in the same run on the same mels
+    and noise, after ours (the same warm-up and repeats), and reported under ``baseline``
+    with its time and the SNR of our audio against its.  (Its weights are on the device
+    during our runs, so on a GPU our peak memory includes them.)"""
+    from .synthesis import BatchOptions, SynthesisOptions, Synthesizer, item_noise
 
     engine = as_engine(engine)
-    config, device, dtype = engine.config, engine.device, engine.dtype
+    config, device = engine.config, engine.device
     frames = max(1, round(options.seconds * sample_rate / config.hop_length))
     mels = [(f"bench{i}", synthetic_mel(config.n_mel_channels, frames, seed=i))
             for i in range(options.batch_size)]
@@ -176,38 +243,44 @@ def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions
                             batch_frames=max(BatchOptions().batch_frames,
                                              options.batch_size * min(frames, BatchOptions().max_frames)))
     synthesizer = Synthesizer(engine, SynthesisOptions(sigma=options.sigma, seed=0), batching)
+    outputs: dict[str, np.ndarray] = {}
 
-    def once() -> float:
-        _sync(device)
-        start = time.perf_counter()
-        for _, audio in synthesizer.run(mels):
+    def ours() -> None:
+        for key, audio in synthesizer.run(mels):
             if isinstance(audio, Exception):
                 raise audio
-        _sync(device)
-        return time.perf_counter() - start
+            outputs[key] = audio
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(options.warmup):
-        once()
+    once = _timer(device, ours)
+    _reset_peak(device)
+    first = [once() for _ in range(options.warmup)]
     times = [once() for _ in range(options.repeats)]
+    memory, memory_kind = _peak_memory(device)
+    result = _speed_record(engine, sample_rate, options, checkpoint, frames, times)
+    result.update(first_run_seconds=first[0] if first else None, peak_memory_mib=memory,
+                  memory_kind=memory_kind)
+    if reference is not None:
+        mel = torch.stack([torch.from_numpy(m) for _, m in mels])
+        z = torch.stack([item_noise(config, frames, 0, key) for key, _ in mels])
+        result["baseline"] = _bench_reference(reference, mel, z, options, device, result,
+                                              outputs["bench0"])
+    return result
+
+
+def _speed_record(engine: Engine, sample_rate: int, options: BenchOptions, checkpoint: str,
+                  frames: int, times: list[float]) -> dict:
+    config, device, dtype = engine.config, engine.device, engine.dtype
     seconds_per_run = statistics.median(times)
     samples = options.batch_size * frames * config.hop_length
     samples_per_second = samples / seconds_per_run
     flops = config.flops_per_sample()
     peak = matmul_peak(device, dtype, options.peak_seconds)
-    if device.type == "cuda":
-        memory, memory_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    else:
-        memory, memory_kind = peak_rss_mib(), "process_peak_rss"
-    fast = isinstance(engine, FastWaveGlow)
     return {
         "checkpoint": checkpoint,
         "device": str(device),
         "device_name": device_name(device),
-        "precision": {torch.float32: "fp32", torch.float16: "fp16",
-                      torch.bfloat16: "bf16"}.get(dtype, str(dtype)),
-        "path": "fast-cpu (time, channels) matmuls" if fast else "model (Conv1d)",
+        "precision": precision_name(dtype),
+        "path": engine_path(engine),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "n_channels": config.n_channels,
@@ -223,6 +296,36 @@ def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions
         "achieved_tflops": samples_per_second * flops / 1e12,
         "matmul_peak_tflops": peak / 1e12,
         "fraction_of_peak": samples_per_second * flops / peak,
+    }
+
+
+def _bench_reference(reference: Reference, mel: Tensor, z: Tensor, options: BenchOptions,
+                     device: torch.device, ours: dict, our_audio: np.ndarray) -> dict:
+    """Time ``reference`` on the bench's batch (after the same warm-up) and compare."""
+    from .quality import snr_db
+
+    audio: list[Tensor] = []
+    once = _timer(device, lambda: audio.append(reference(mel, z, options.sigma)))
+    _reset_peak(device)
+    for _ in range(options.warmup):
+        once()
+    times = [once() for _ in range(options.repeats)]
+    memory, memory_kind = _peak_memory(device)
+    seconds_per_run = statistics.median(times)
+    samples = z.numel()  # B x G x T: every item's frames x hop samples
+    first = audio[-1][0].float().cpu().numpy()
+    return {
+        "implementation": "benchmarks/baseline.py (NVIDIA glow.py semantics, Conv1d, eager)",
+        "seconds_per_run": seconds_per_run,
+        "seconds_per_run_all": times,
+        "samples_per_second": samples / seconds_per_run,
+        "speedup": seconds_per_run / ours["seconds_per_run"],
+        "snr_db_ours_vs_baseline": snr_db(first, our_audio),
         "peak_memory_mib": memory,
         "memory_kind": memory_kind,
     }
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16",
+            torch.bfloat16: "bf16"}.get(dtype, str(dtype))

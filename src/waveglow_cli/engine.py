@@ -3,20 +3,25 @@
 An :class:`Engine` maps (B, M, F) float32 CPU mels and (B, G, T) float32 CPU noise to audio.
 Which one runs is decided once, when a checkpoint is opened for a device and precision
 (:meth:`Checkpoint.engine <waveglow_cli.checkpoint.Checkpoint.engine>`); nothing global decides
-it later.  Today there are two:
+it later.  Today there are three:
 
 * :class:`EagerEngine`: the :class:`~waveglow_cli.model.WaveGlow` module itself, on any device
   and dtype (float32 is the exact path, compared against NVIDIA's reference);
 * :class:`~waveglow_cli.fastpath.FastWaveGlow`: bfloat16 on the CPU in (time, channels) layout,
-  folded from the float32 weights.
+  folded from the float32 weights;
+* :class:`~waveglow_cli.gpu_engine.GpuEngine`: packed rows of matrix products for a GPU
+  (fp16/bf16/fp32, float32 coupling and 1x1 inverses), optionally ``torch.compile``d with a
+  persistent cache and bucketed shapes.  Taken only when asked for (``kind``) until a GPU has
+  measured it against the eager model.
 
-Both run the same reverse-flow skeleton (:func:`waveglow_cli.model.reverse_flows`).  This
+All three run the same reverse-flow skeleton (:func:`waveglow_cli.model.reverse_flows`).  This
 module also holds the device and precision policy of the command line (``--device``,
 ``--precision``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -72,12 +77,27 @@ def as_engine(model: Engine | WaveGlow) -> Engine:
     return EagerEngine(model)
 
 
-def engine_from_float32(model: WaveGlow, device: str | torch.device,
-                        dtype: torch.dtype) -> Engine:
+#: The engines one can ask for by name (``waveglow bench --engine``): ``auto`` is the default
+#: choice below; ``eager`` the model itself; ``gpu`` the packed-row engine; ``compiled`` the same
+#: with ``torch.compile``.
+ENGINE_KINDS = ("auto", "eager", "gpu", "compiled")
+
+
+def engine_from_float32(model: WaveGlow, device: str | torch.device, dtype: torch.dtype,
+                        kind: str = "auto", cache_dir: Path | None = None) -> Engine:
     """The engine for ``model`` (float32 weights, on the CPU) on ``device`` in ``dtype``,
-    chosen here once: bfloat16 on the CPU is the fast path, folded from the float32 weights
-    (so its 1x1 inverses stay float32); anything else is the model itself, cast and moved."""
-    if torch.device(device).type == "cpu" and dtype == torch.bfloat16:
+    chosen here once.  ``auto``: bfloat16 on the CPU is the fast path, folded from the float32
+    weights (so its 1x1 inverses stay float32); anything else is the model itself, cast and
+    moved (the GPU engine is not the default until a GPU has measured it).  ``gpu`` and
+    ``compiled`` are :class:`~waveglow_cli.gpu_engine.GpuEngine` (on any device), the latter
+    with ``torch.compile`` and its cache under ``cache_dir``; ``eager`` is always the model."""
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"unknown engine {kind!r}; use {', '.join(ENGINE_KINDS)}")
+    if kind in ("gpu", "compiled"):
+        from .gpu_engine import GpuEngine
+
+        return GpuEngine(model, device, dtype, compile=kind == "compiled", cache_dir=cache_dir)
+    if kind == "auto" and torch.device(device).type == "cpu" and dtype == torch.bfloat16:
         return FastWaveGlow(model)
     return EagerEngine(model.to(device=device, dtype=dtype))
 
@@ -147,5 +167,5 @@ def pick_dtype(precision: str, device: torch.device, sigma: float | None = None)
     return table[precision]
 
 
-__all__ = ["Engine", "EagerEngine", "as_engine", "engine_from_float32", "pick_device",
-           "pick_dtype", "cpu_has_fast_bf16"]
+__all__ = ["Engine", "EagerEngine", "ENGINE_KINDS", "as_engine", "engine_from_float32",
+           "pick_device", "pick_dtype", "cpu_has_fast_bf16"]

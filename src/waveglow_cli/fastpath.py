@@ -38,6 +38,7 @@ bit-exact: this is a reduced-precision path; float32 synthesis keeps using the e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +101,23 @@ class _Flow:
     layers: list[_Layer]
     end_b: Tensor            # (2 n_half,) float32: end bias plus every layer's folded skip bias
     inverse_t: Tensor        # (n, n) float32: rows @ inverse_t applies W^-1
+
+
+def pack_rows(item_steps: Sequence[int], pad: int, max_rows: int) -> list[list[int]]:
+    """Items (by their grouped steps) in order, grouped so that a group's rows, each item
+    followed by ``pad`` zero rows and one leading pad, stay within ``max_rows``; an item too
+    long for that alone gets a group of its own."""
+    groups: list[list[int]] = []
+    rows = 0
+    for b, steps in enumerate(item_steps):
+        need = steps + pad
+        if groups and rows + need <= max_rows:
+            groups[-1].append(b)
+            rows += need
+        else:
+            groups.append([b])
+            rows = pad + need
+    return groups
 
 
 class FastWaveGlow:
@@ -181,17 +199,7 @@ class FastWaveGlow:
     # -- inference ---------------------------------------------------------------------------
     def _groups(self, item_steps: list[int]) -> list[list[int]]:
         """Items in order, grouped so that a group's packed rows stay within ``max_rows``."""
-        groups: list[list[int]] = []
-        rows = 0
-        for b, steps in enumerate(item_steps):
-            need = steps + self.pad
-            if groups and rows + need <= self.max_rows:
-                groups[-1].append(b)
-                rows += need
-            else:
-                groups.append([b])
-                rows = self.pad + need
-        return groups
+        return pack_rows(item_steps, self.pad, self.max_rows)
 
     @torch.inference_mode()
     def infer(self, mel: Tensor, sigma: float = 1.0, z: Tensor | None = None,

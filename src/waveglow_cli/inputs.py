@@ -1,5 +1,7 @@
 """Reading what is synthesised from: a mel file (.npy/.pt), or an audio file whose mel is
-computed (copy synthesis), told apart by content."""
+computed (copy synthesis), told apart by content.  A mel of another toolkit's convention
+(:mod:`waveglow_cli.conventions`) is read with its own band count and converted
+(:mod:`waveglow_cli.melconvert`) before the usual checks."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from typing import IO
 import numpy as np
 import torch
 
-from .audio_io import LazyMel, open_input, peek, prepare_audio, read_audio, read_mel, sniff
+from .audio_io import (LazyMel, open_input, peek, prepare_audio, read_audio, read_mel, sniff,
+                       validate_mel)
+from .conventions import Convention, load_mel_stats, resolve_convention
 from .errors import AudioFileError, MelFileError
 from .mel import MelConfig, mel_spectrogram
 from .melcheck import check_mel_scale
+from .melconvert import MelConverter
 
 
 def audio_to_mel(source: str | os.PathLike[str] | bytes | IO[bytes], config: MelConfig,
@@ -34,26 +39,45 @@ def audio_to_mel(source: str | os.PathLike[str] | bytes | IO[bytes], config: Mel
     return mel.numpy(), notes
 
 
+def mel_converter(spec: str | os.PathLike[str] | Convention, config: MelConfig,
+                  stats: str | os.PathLike[str] | None = None) -> MelConverter:
+    """What ``--mel-from SPEC [--mel-stats FILE]`` means for a checkpoint whose mel is
+    ``config``: a preset name or a TOML file (:func:`conventions.resolve_convention`), and
+    the mean-variance statistics to undo (``.h5``/``.npy``).  Bad specs are a UsageError."""
+    convention = spec if isinstance(spec, Convention) else resolve_convention(spec)
+    mel_stats = None if stats is None else load_mel_stats(stats, convention.n_mels)
+    return MelConverter(convention, config, mel_stats)
+
+
 def load_synthesis_input(source: str | os.PathLike[str] | bytes | IO[bytes], name: str,
                          config: MelConfig, layout: str = "auto", scale: str = "ln", *,
-                         lazy: bool = False) -> tuple[np.ndarray | LazyMel, list[str]]:
+                         lazy: bool = False, converter: MelConverter | None = None
+                         ) -> tuple[np.ndarray | LazyMel, list[str]]:
     """A mel file (.npy/.pt) or an audio file (copy synthesis), told apart by content.
 
     The input is opened once (a FIFO is read once, with a cap; devices are refused).  With
     ``lazy`` a mel comes back as a :class:`LazyMel` that reads frames on demand (a ``.npy`` is
-    memory-mapped, never copied whole); audio gives its computed mel."""
+    memory-mapped, never copied whole); audio gives its computed mel.  With ``converter`` a
+    mel file is in that converter's convention: it is read with the convention's band count
+    (``layout`` as given; ``scale`` is the convention's) and converted whole to ``config``'s
+    mel (audio inputs are analysed as usual)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load_from(io.BytesIO(bytes(source)), name, config, layout, scale, lazy)
+        return _load_from(io.BytesIO(bytes(source)), name, config, layout, scale, lazy,
+                          converter)
     if hasattr(source, "read"):
-        return _load_from(source, name, config, layout, scale, lazy)  # type: ignore[arg-type]
+        return _load_from(source, name, config, layout, scale, lazy,  # type: ignore[arg-type]
+                          converter)
     with open_input(source, name, MelFileError) as f:  # type: ignore[arg-type]
-        return _load_from(f, name, config, layout, scale, lazy)
+        return _load_from(f, name, config, layout, scale, lazy, converter)
 
 
-def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: str, lazy: bool
+def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: str, lazy: bool,
+               converter: MelConverter | None = None
                ) -> tuple[np.ndarray | LazyMel, list[str]]:
     if sniff(peek(f, name, MelFileError)) == "audio":
         return audio_to_mel(f, config, name)
+    if converter is not None and not converter.identity:
+        return _converted(f, name, config, layout, converter)
     notes: list[str] = []
     mel = read_mel(f, name, n_mels=config.n_mels, layout=layout, scale=scale, notes=notes,
                    lazy=True)
@@ -66,16 +90,44 @@ def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: s
     return (mel if lazy else np.asarray(mel)), notes
 
 
+def _converted(f: IO[bytes], name: str, config: MelConfig, layout: str,
+               converter: MelConverter) -> tuple[np.ndarray, list[str]]:
+    """A mel of the converter's convention, read whole and converted to ``config``'s."""
+    if converter.target != config:
+        raise ValueError("the converter was made for another mel configuration")
+    notes: list[str] = []
+    n_mels = converter.convention.n_mels
+    try:
+        source = np.asarray(read_mel(f, name, n_mels=n_mels, layout=layout, notes=notes,
+                                     lazy=True))
+    except MelFileError as e:  # say whose band count it is: the convention's, not the model's
+        expects = f"the checkpoint expects {n_mels}"
+        if expects not in e.reason:
+            raise
+        raise MelFileError(name, e.reason.replace(
+            expects, f"mel convention {converter.convention.name} has {n_mels} bands")) from None
+    note = converter.check(source, name)
+    if note is not None:
+        notes.append(note)
+    notes += [f"{name}: {text}" for text in converter.notes()]
+    return validate_mel(converter(source, name), name, config.n_mels), notes
+
+
 @dataclass(frozen=True)
 class SynthesisInputReader:
     """What a synthesis job loads its items with: (path or open file, display name) ->
-    ((n_mels, frames) mel, notes); a mel file stays lazy (only its pieces are ever read)."""
+    ((n_mels, frames) mel, notes); a mel file stays lazy (only its pieces are ever read).
+
+    With ``convention`` (a :class:`~waveglow_cli.melconvert.MelConverter` for ``config``, see
+    :func:`mel_converter`) mel files are in that toolkit's convention and are converted
+    whole when read; ``scale`` then does not apply (the convention says it)."""
 
     config: MelConfig
     layout: str = "auto"
     scale: str = "ln"
+    convention: MelConverter | None = None
 
     def __call__(self, source: str | os.PathLike[str] | IO[bytes], name: str
                  ) -> tuple[np.ndarray | LazyMel, list[str]]:
         return load_synthesis_input(source, name, self.config, self.layout, self.scale,
-                                    lazy=True)
+                                    lazy=True, converter=self.convention)

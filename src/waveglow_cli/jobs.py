@@ -12,22 +12,24 @@ or a streaming writer reuses the loop as it is.
 
 from __future__ import annotations
 
-import errno
+import collections
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import (InputFileError, JobStopped, OutputExistsError, StdoutClosed, SynthesisError,
                      UsageError, WaveGlowError)
 from .fileio import refuse_non_regular, remove_stale_parts
+from .pipeline import Ahead, Handoff, WriterThread
+from .writers import AudioWriter, write_stream  # noqa: F401 - part of the jobs API
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .mel import MelConfig
     from .settings import Shard
     from .synthesis import BatchOptions, MelLike, SynthesisOptions, Synthesizer
     from .vocoder import Vocoder
@@ -422,73 +424,6 @@ class ItemWriter(Protocol):
 
 
 @dataclass
-class AudioWriter:
-    """Audio files (atomically, a block at a time) or, for target None, ``stdout`` whole (the
-    WAV header needs the length); with ``plot``, also ``<stem>.png`` (input mel and output
-    waveform) beside each file."""
-
-    sample_rate: int
-    subtype: str = "PCM_16"
-    overwrite: bool = False
-    stdout: IO[bytes] | None = None
-    plot: MelConfig | None = None    # the mel settings to draw with; None: no figures
-    notes: list[str] = field(default_factory=list)  # clipping notes, taken by the job
-
-    def __call__(self, item: Item, target: Path | None, mel: MelLike,
-                 blocks: Iterator[np.ndarray]) -> int:
-        import numpy as np
-
-        from .audio_io import ClipCount, encode_audio, finalize_audio, write_audio_blocks
-
-        clips = ClipCount()
-        if target is None:
-            parts = [finalize_audio(b, item.display, self.subtype, clips) for b in blocks]
-            audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-            write_stream(self.stdout, encode_audio(audio, self.sample_rate, self.subtype))
-            self._note_clipping(clips, f"{item.display} (standard output)")
-            return int(audio.size)
-        kept: list[np.ndarray] = []
-        if self.plot is not None:  # the figure shows the whole waveform
-            blocks = (kept.append(b) or b for b in blocks)  # type: ignore[func-returns-value]
-        samples = write_audio_blocks(target, blocks, self.sample_rate, self.subtype,
-                                     name=item.display, overwrite=self.overwrite, clips=clips)
-        self._note_clipping(clips, str(target))
-        if self.plot is not None:
-            from .plot import plot_signals
-
-            plot_signals(target.with_suffix(".png"),
-                         [("mel", np.asarray(mel), f"{item.display}: mel"),
-                          ("wave", np.concatenate(kept), f"{target.name}: synthesised")],
-                         self.plot, overwrite=self.overwrite)
-        return samples
-
-    def _note_clipping(self, clips: Any, name: str) -> None:
-        text = clips.note(name)  # None unless more than audio_io.CLIP_NOTE_FRACTION clipped
-        if text is not None:
-            self.notes.append(text)
-
-    def take_notes(self) -> list[str]:
-        """Notes about the items written since the last call (clipping), for the job."""
-        taken, self.notes = self.notes, []
-        return taken
-
-
-def write_stream(stream: IO[bytes] | None, data: bytes) -> None:
-    if stream is None:
-        raise UsageError("standard output ('-o -') is not available to this job")
-    view = memoryview(data)
-    try:
-        while view:  # a buffered write may return short (the reader left mid-write): go on
-            written = stream.write(view)
-            if written == 0:
-                raise OSError(errno.EIO, "standard output accepts no more data")
-            view = view[len(view) if written is None else written:]
-        stream.flush()
-    except BrokenPipeError:  # the reader is gone (`| head -c 100`): not this item's failure
-        raise StdoutClosed from None
-
-
-@dataclass
 class SynthesisJob:
     """Items -> audio, a window of items at a time: each window is loaded (a mel stays lazy:
     only its pieces are read), synthesised in exact batches and written item by item as its
@@ -502,57 +437,159 @@ class SynthesisJob:
     fail_fast: bool = False
     window: int = 64                # items loaded at a time (bounds open inputs and memory)
     stdin: IO[bytes] | None = None
+    first_piece: int = 0            # a job of one item streams it (see BatchOptions.first_piece)
 
     def run(self, items: list[Item], outputs: list[Path | None],
             progress: JobProgress | None = None) -> Summary:
-        run = _SynthesisRun(self, progress or SilentProgress(), input_paths(items),
+        synthesizer = self.synthesizer
+        if len(items) == 1 and self.first_piece and not synthesizer.batch.first_piece:
+            # One input: front to back in growing pieces, so its first audio comes early
+            # (the plan is the same whatever the output, so a file equals the stream).
+            import dataclasses
+
+            synthesizer = dataclasses.replace(synthesizer, batch=dataclasses.replace(
+                synthesizer.batch, first_piece=self.first_piece))
+        run = _SynthesisRun(self, synthesizer, progress or SilentProgress(), input_paths(items),
                             Summary(sample_rate=self.sample_rate))
         pairs = list(zip(items, outputs))
+        windows = [pairs[start:start + self.window] for start in range(0, len(pairs), self.window)]
         try:
-            for start in range(0, len(pairs), self.window):
-                run.window(pairs[start:start + self.window])
+            with WriterThread(items=4, depth=4) as writer:
+                # The next window is read while this one is synthesised and written.
+                ahead = Ahead(partial(run.read, windows[0])) if windows else None
+                for index in range(len(windows)):
+                    assert ahead is not None
+                    outcomes = ahead.result()
+                    if index + 1 < len(windows):
+                        ahead = Ahead(partial(run.read, windows[index + 1]))
+                    run.window(outcomes, writer)
         except JobStopped:
             run.summary.stopped = True
+            run.record_published()
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what was written so far
             run.summary.interrupted = getattr(e, "signal_number", 2)
+            run.record_published()
         return run.summary
+
+
+# How reading a window ended for one item: (item, target, outcome, mel or error, notes)
+Outcome = tuple[Item, "Path | None", Literal["loaded", "skipped", "failed"], Any, list[str]]
+
+
+@dataclass
+class _Pending:
+    """An item handed to the writer thread, not yet settled."""
+
+    item: Item
+    target: Path | None
+    handoff: Handoff
 
 
 @dataclass
 class _SynthesisRun:
-    """One run of a :class:`SynthesisJob`: its results so far."""
+    """One run of a :class:`SynthesisJob`: its results so far.  Reading (:meth:`read`) runs
+    on a thread of its own; everything that reports (progress, summary) runs here."""
 
     job: SynthesisJob
+    synthesizer: Synthesizer
     progress: JobProgress
     inputs: set[Path]
     summary: Summary
+    pending: collections.deque[_Pending] = field(default_factory=collections.deque)
 
-    def window(self, pairs: list[tuple[Item, Path | None]]) -> None:
-        targets = {item.key: (item, target) for item, target in pairs}
-        loaded = self._load(pairs)
+    def read(self, pairs: list[tuple[Item, Path | None]]) -> list[Outcome]:
+        """Check and open each input of a window (on the reading thread: it reports nothing)."""
+        outcomes: list[Outcome] = []
+        for item, target in pairs:
+            try:
+                if not self.job.policy.wants(item, target, self.inputs):
+                    outcomes.append((item, target, "skipped", None, []))
+                    continue
+                if item.source is None:
+                    with read_stdin(self.job.stdin) as stdin:
+                        mel, notes = self.job.load(stdin, item.display)
+                else:
+                    mel, notes = self.job.load(item.source, item.display)
+                outcomes.append((item, target, "loaded", mel, notes))
+            except UsageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - this input fails; the others go on
+                error = _as_item_error(item, e, "cannot be read", InputFileError)
+                outcomes.append((item, target, "failed", error, []))
+        return outcomes
+
+    def window(self, outcomes: list[Outcome], writer: WriterThread) -> None:
+        loaded = self._report_reading(outcomes)
+        targets = {item.key: (item, target) for item, target, *_ in outcomes}
         mels = dict(loaded)
         cancelled: set[str] = set()
-        hop = self.job.synthesizer.config.hop_length
+        hop = self.synthesizer.config.hop_length
         expect = getattr(self.progress, "expect", None)  # optional (see JobProgress)
         if expect is not None and loaded:
             expect(sum(int(mel.shape[1]) for _, mel in loaded) * hop / self.job.sample_rate)
-        # Each item's events arrive together and in order: write them as they come.
-        for key, events in itertools.groupby(self.job.synthesizer.stream(loaded, cancelled),
+        pending = self.pending
+        # Each item's events arrive together and in order: hand them to the writer as they
+        # come, and settle the items it has finished.
+        for key, events in itertools.groupby(self.synthesizer.stream(loaded, cancelled),
                                              key=lambda event: event[0]):
             item, target = targets[key]
+            handoff = writer.submit(partial(self.job.write, item, target, mels.get(key)))
+            pending.append(_Pending(item, target, handoff))
             try:
-                samples = self.job.write(item, target, mels.get(key),
-                                         self._reported(_blocks_of(item, events)))
-                self._end(ItemResult(item, target, "written", samples=samples))
+                for block in self._reported(_blocks_of(item, events)):
+                    if not handoff.put(block):  # the writer failed it: compute no more of it
+                        cancelled.add(key)
+                        break
+                handoff.finish()
+            except Exception as e:  # noqa: BLE001 - its synthesis failed: the writer drops it
+                cancelled.add(key)
+                handoff.fail(e)
+            self._settle(pending, cancelled, wait=False)
+        self._settle(pending, cancelled, wait=True)
+
+    def _report_reading(self, outcomes: list[Outcome]) -> list[tuple[str, Any]]:
+        loaded = []
+        for item, target, outcome, value, notes in outcomes:
+            for text in notes:
+                self.progress.note(text)
+            if outcome == "loaded":
+                loaded.append((item.key, value))
+                continue
+            if outcome == "skipped":
+                self._end(ItemResult(item, target, "skipped"))
+            else:
+                self._failed(item, target, value)
+            self.progress.advance()
+        return loaded
+
+    def _settle(self, pending: collections.deque[_Pending], cancelled: set[str],
+                wait: bool) -> None:
+        """Record the items the writer has finished, in order (all of them with ``wait``)."""
+        while pending and (wait or pending[0].handoff.done.is_set()):
+            done = pending.popleft()
+            while not done.handoff.done.wait(0.1):  # a timed wait lets Ctrl-C through
+                pass
+            item, target, error = done.item, done.target, done.handoff.error
+            if isinstance(error, (StdoutClosed, KeyboardInterrupt)):
+                raise error
+            if error is None:
+                self._end(ItemResult(item, target, "written", samples=done.handoff.value))
                 for text in getattr(self.job.write, "take_notes", list)():
                     self.progress.note(text)  # e.g. most samples clipped: a wrong mel scale
-            except StdoutClosed:
-                raise
-            except Exception as e:  # noqa: BLE001 - MemoryError ...: this item fails
-                cancelled.add(key)  # the rest of its pieces are not computed
-                self._failed(item, target, _as_item_error(item, e, "synthesis failed",
+            else:
+                cancelled.add(item.key)  # the rest of its pieces are not computed
+                self._failed(item, target, _as_item_error(item, error, "synthesis failed",
                                                           SynthesisError))
             self.progress.advance(seconds=self.summary.seconds)
+
+    def record_published(self) -> None:
+        """After the job stopped early (the writer thread has ended): the items the writer
+        finished were published, so they count as written."""
+        for done in self.pending:
+            if done.handoff.done.is_set() and done.handoff.error is None:
+                self._end(ItemResult(done.item, done.target, "written",
+                                     samples=done.handoff.value))
+        self.pending.clear()
 
     def _reported(self, blocks: Iterator[Any]) -> Iterator[Any]:
         """``blocks`` as they are, reporting the audio produced after each one."""
@@ -563,30 +600,6 @@ class _SynthesisRun:
             if produced is not None:
                 produced(self.summary.seconds + done / self.job.sample_rate)
             yield block
-
-    def _load(self, pairs: list[tuple[Item, Path | None]]) -> list[tuple[str, Any]]:
-        loaded = []
-        for item, target in pairs:
-            try:
-                if not self.job.policy.wants(item, target, self.inputs):
-                    self._end(ItemResult(item, target, "skipped"))
-                    self.progress.advance()
-                    continue
-                if item.source is None:
-                    with read_stdin(self.job.stdin) as stdin:
-                        mel, notes = self.job.load(stdin, item.display)
-                else:
-                    mel, notes = self.job.load(item.source, item.display)
-                for text in notes:
-                    self.progress.note(text)
-                loaded.append((item.key, mel))
-            except UsageError:
-                raise
-            except Exception as e:  # noqa: BLE001 - this input fails; the others go on
-                self._failed(item, target, _as_item_error(item, e, "cannot be read",
-                                                          InputFileError))
-                self.progress.advance()
-        return loaded
 
     def _end(self, result: ItemResult) -> None:
         self.summary.add(result)
@@ -613,18 +626,32 @@ def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
                   batch: BatchOptions | None = None, *, subtype: str = "PCM_16",
                   policy: OutputPolicy | None = None, fail_fast: bool = False,
                   mel_layout: str = "auto", mel_scale: str = "ln",
+                  mel_from: str | os.PathLike[str] | None = None,
+                  mel_stats: str | os.PathLike[str] | None = None,
                   writer: ItemWriter | None = None, plot: bool = False,
-                  stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
-                  ) -> SynthesisJob:
+                  stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None,
+                  stdout_format: str = "wav", first_piece: int | None = None) -> SynthesisJob:
     """A :class:`SynthesisJob` over a loaded vocoder: mel files (or audio, by copy synthesis)
-    to audio files (or ``writer``'s choice), windows of ``8 x batch size`` (at least 64)."""
-    from .inputs import SynthesisInputReader
+    to audio files (or ``writer``'s choice), windows of ``8 x batch size`` (at least 64).
+    A job of one input streams it in growing pieces from ``first_piece`` frames (default
+    :data:`~waveglow_cli.synthesis.FIRST_PIECE_FRAMES`; 0: whole); standard output gets
+    ``stdout_format`` (wav, raw or flac)."""
+    from .inputs import SynthesisInputReader, mel_converter
+    from .synthesis import FIRST_PIECE_FRAMES
 
     batch = batch or vocoder.batch
     policy = policy or OutputPolicy()
+    synthesizer = vocoder.synthesizer(options, batch)
+    # Mels of another toolkit's convention (--mel-from) are converted when read.
+    converter = None if mel_from is None else mel_converter(mel_from, vocoder.mel_config,
+                                                            mel_stats)
     writer = writer or AudioWriter(vocoder.sample_rate, subtype, overwrite=policy.overwrite,
-                                   stdout=stdout, plot=vocoder.mel_config if plot else None)
-    return SynthesisJob(vocoder.synthesizer(options, batch),
-                        SynthesisInputReader(vocoder.mel_config, mel_layout, mel_scale), writer,
+                                   stdout=stdout, plot=vocoder.mel_config if plot else None,
+                                   stdout_format=stdout_format,
+                                   samples_of=synthesizer.samples)
+    return SynthesisJob(synthesizer,
+                        SynthesisInputReader(vocoder.mel_config, mel_layout, mel_scale,
+                                             convention=converter), writer,
                         vocoder.sample_rate, policy, fail_fast,
-                        window=max(batch.batch_size * 8, 64), stdin=stdin)
+                        window=max(batch.batch_size * 8, 64), stdin=stdin,
+                        first_piece=FIRST_PIECE_FRAMES if first_piece is None else first_piece)

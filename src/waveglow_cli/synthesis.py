@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,16 +68,50 @@ class SynthesisOptions:
             raise ValueError(f"denoiser_strength={self.denoiser_strength} must be >= 0")
 
 
+# Audio frames in an item's first piece when it is synthesised front to back (one input to
+# ``synth``, a request to ``serve``): 32 frames is 0.37 s at 22.05 kHz, whose synthesis takes a
+# fraction of a second on the CPU with the demo model; the pieces then double in size.
+FIRST_PIECE_FRAMES = 32
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     batch_size: int = 8          # items (or pieces) per forward pass
     max_frames: int = 2048       # longest piece, context included (bounds memory per item)
     batch_frames: int = 16384    # padded frames per batch (the memory budget)
+    first_piece: int = 0         # > 0: items go front to back in growing pieces (see plan_pieces)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_frames", "batch_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.first_piece < 0:
+            raise ValueError(f"first_piece={self.first_piece} must be >= 0")
+
+    @classmethod
+    def for_device(cls, device: torch.device | str, config: WaveGlowConfig, *,
+                   batch_size: int = 8, max_frames: int | None = None,
+                   batch_frames: int | None = None, first_piece: int = 0) -> BatchOptions:
+        """The defaults of ``synth`` and ``serve`` for a device.  On the CPU one piece of 1024
+        frames at a time: the upsampled mel alone is M x hop floats per frame (80 KiB at 80
+        mels), so a GPU-sized batch (16384 frames) would take gigabytes of RAM.  Never below 4
+        context margins, so a model with a wide receptive field still has room for the piece
+        itself.  A ``max_frames`` below 3 margins is a :class:`UsageError`."""
+        from .errors import UsageError
+
+        on_cpu = torch.device(device).type == "cpu"
+        margin = context_margin(config)
+        if max_frames is None:
+            max_frames = max(1024 if on_cpu else 2048, 4 * margin)
+        if batch_frames is None:
+            batch_frames = max_frames if on_cpu else max(16384, max_frames)
+        # A model whose hop is not a whole number of groups is synthesised whole (no pieces).
+        if config.hop_length % config.n_group == 0 and max_frames < 3 * margin:
+            raise UsageError(f"--max-frames {max_frames} is too small for this checkpoint: the "
+                             f"minimum is {3 * margin} frames (3 x its {margin}-frame context "
+                             "margin)")
+        return cls(batch_size=batch_size, max_frames=max_frames, batch_frames=batch_frames,
+                   first_piece=first_piece)
 
 
 def context_margin(config: WaveGlowConfig) -> int:
@@ -148,18 +182,27 @@ class Piece:
         return self.hi - self.lo
 
 
-def plan_pieces(item: int, frames: int, max_frames: int, margin: int) -> list[Piece]:
-    """One piece for an item that fits ``max_frames``; else overlapping pieces with context."""
-    if frames <= max_frames:
+def plan_pieces(item: int, frames: int, max_frames: int, margin: int, first: int = 0
+                ) -> list[Piece]:
+    """One piece for an item that fits ``max_frames``; else overlapping pieces with context.
+
+    With ``first`` > 0 (streaming) the item goes front to back in growing pieces whatever its
+    length: ``first`` frames of audio, then twice as many each time, up to the largest piece
+    that fits ``max_frames``.  The first audio is then ready early, and since every piece
+    carries its context margins the joined audio equals the item's whole synthesis (to float
+    rounding; each boundary costs 2 x ``margin`` frames of extra work)."""
+    if frames <= max_frames and (first <= 0 or frames <= first):
         return [Piece(item, 0, frames, 0, frames)]
     core = max_frames - 2 * margin
     if core < margin:
         raise ValueError(f"max_frames={max_frames} is too small for chunking: it must be at least "
                          f"{3 * margin} frames (3 x the {margin}-frame context margin)")
     pieces = []
-    for start in range(0, frames, core):
-        end = min(frames, start + core)
+    start, size = 0, (min(first, core) if first > 0 else core)
+    while start < frames:
+        end = min(frames, start + size)
         pieces.append(Piece(item, start, end, max(0, start - margin), min(frames, end + margin)))
+        start, size = end, min(2 * size, core)
     return pieces
 
 
@@ -190,6 +233,19 @@ def plan_in_order(pieces: list[Piece], options: BatchOptions) -> list[list[Piece
                 continue
         batches.append([piece])
     return batches
+
+
+def plan_waves(pieces: list[Piece], options: BatchOptions) -> list[list[Piece]]:
+    """Streaming order: the first pieces of all items (whole items among them), batched as
+    :func:`plan_batches` does, then all second pieces, and so on.  Each item's audio completes
+    front to back, every item's first audio comes from the first batches, and no batch holds
+    two pieces of one item (they would only finish together)."""
+    ranks: dict[int, int] = {}
+    waves: dict[int, list[Piece]] = {}
+    for piece in sorted(pieces, key=lambda p: (p.item, p.start)):
+        rank = ranks[piece.item] = ranks.get(piece.item, -1) + 1
+        waves.setdefault(rank, []).append(piece)
+    return [batch for rank in sorted(waves) for batch in plan_batches(waves[rank], options)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,30 +365,41 @@ class Synthesizer:
             if done:
                 yield key, np.concatenate(parts.pop(key)).astype(np.float32, copy=False)
 
-    def stream(self, items: Iterable[tuple[str, MelLike]], cancelled: Container[str] = ()
-               ) -> Iterator[Event]:
-        """Yields (key, audio block, done) events: each item's blocks in order and together
-        (no other item's events between an item's first and last), ending with ``done`` True;
-        a failed item yields (key, exception, True) once instead.  The blocks join to exactly
-        what :meth:`run` gives.  Keys in ``cancelled`` (the caller gave up on them) are not
-        computed further."""
+    def samples(self, frames: int) -> int:
+        """Samples of audio an item of ``frames`` mel frames gives (whole groups)."""
         config = self.config
+        return frames * config.hop_length // config.n_group * config.n_group
+
+    def stream(self, items: Iterable[tuple[str, MelLike]], cancelled: Container[str] = (),
+               seeds: Mapping[str, int] | None = None) -> Iterator[Event]:
+        """Yields (key, audio block, done) events: each item's blocks in order, ending with
+        ``done`` True; a failed item yields (key, exception, True) once instead.  The blocks
+        join to exactly what :meth:`run` gives.  Without ``batch.first_piece`` an item's events
+        come together (no other item's between its first and last); with it (streaming,
+        :func:`plan_waves`) the items' events interleave.  Keys must be unique; ``seeds[key]``,
+        where given, is that item's noise seed (else :func:`noise_seed` of the options' seed
+        and the key).  Keys in ``cancelled`` (the caller gave up on them) are not computed
+        further."""
         state: dict[int, _Item] = {}
         whole: list[Piece] = []
         chunked: list[Piece] = []
+        first = self.batch.first_piece if self.can_chunk else 0
         for index, (key, mel) in enumerate(items):
             frames = int(mel.shape[1])
             max_frames = self.batch.max_frames if self.can_chunk else max(frames, 1)
-            pieces = plan_pieces(index, frames, max_frames, self.margin)
-            samples = frames * config.hop_length // config.n_group * config.n_group
-            item = _Item(key, frames, mel, noise_seed(self.options.seed, key), samples,
-                         {p.start: p.end for p in pieces})
+            pieces = plan_pieces(index, frames, max_frames, self.margin, first)
+            seed = seeds[key] if seeds is not None and key in seeds \
+                else noise_seed(self.options.seed, key)
+            samples = self.samples(frames)
+            item = _Item(key, frames, mel, seed, samples, {p.start: p.end for p in pieces})
             if self.denoiser is not None and self.options.denoiser_strength > 0:
                 item.denoiser = StreamingDenoiser(self.denoiser, self.options.denoiser_strength,
                                                   samples, self.device)
             state[index] = item
             (whole if len(pieces) == 1 else chunked).extend(pieces)
-        for batch in plan_batches(whole, self.batch) + plan_in_order(chunked, self.batch):
+        batches = (plan_waves(whole + chunked, self.batch) if first
+                   else plan_batches(whole, self.batch) + plan_in_order(chunked, self.batch))
+        for batch in batches:
             batch = [p for p in batch
                      if not state[p.item].closed and state[p.item].key not in cancelled]
             if batch:
@@ -408,6 +475,8 @@ class Synthesizer:
             z[row, :, :hi - lo] = noise_steps(item.seed, groups, lo, hi)
         lengths = torch.tensor([p.frames for p in batch])
         mask_lengths = None if len(batch) == 1 else lengths
+        if self.device.type == "cuda":  # page-locked: the copies to the GPU run at full speed
+            mel, z = mel.pin_memory(), z.pin_memory()
         audio = self.engine.infer(mel, self.options.sigma, z, mask_lengths)
         audio = audio.float().cpu().numpy()
         return [audio[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]

@@ -12,8 +12,9 @@ for the device and precision once, and find the mel settings the checkpoint expe
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ import torch
 from .cache import ensure_checkpoint
 from .checkpoint import Checkpoint, read_checkpoint
 from .engine import Engine, pick_device, pick_dtype
+from .errors import UsageError
 from .mel import MelConfig, mel_spectrogram
 from .model import WaveGlow, WaveGlowConfig, waveglow_loss
 from .registry import Registry, RegistryEntry
 from .settings import Settings
-from .synthesis import BatchOptions, SynthesisOptions, Synthesizer
+from .synthesis import FIRST_PIECE_FRAMES, BatchOptions, SynthesisOptions, Synthesizer
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -97,13 +99,24 @@ class Vocoder:
     the CPU bf16 fast path); ``denoiser`` is NVIDIA's bias-spectrum denoiser when asked for."""
 
     def __init__(self, engine: Engine, checkpoint: Checkpoint, mel_config: MelConfig,
-                 denoiser: Denoise | None = None, batch: BatchOptions | None = None) -> None:
+                 denoiser: Denoise | None = None, batch: BatchOptions | None = None,
+                 path: Path | None = None) -> None:
         self.engine = engine
         self.checkpoint = checkpoint
         self.mel_config = mel_config
         self.denoiser = denoiser
         self.batch = batch or BatchOptions()
+        self.path = path  # the checkpoint file read (None: built in memory)
         self._float32_model: WaveGlow | None = None  # built for score() when the engine has none
+        self._sha256: str | None = None
+
+    def sha256(self) -> str | None:
+        """The sha256 of the checkpoint file (computed once; None without a file)."""
+        if self._sha256 is None and self.path is not None:
+            from .download import sha256_file
+
+            self._sha256 = sha256_file(self.path)
+        return self._sha256
 
     @property
     def sample_rate(self) -> int:
@@ -130,6 +143,10 @@ class Vocoder:
         if isinstance(model, WaveGlow):
             return model
         if self._float32_model is None:
+            if not self.checkpoint.state_dict:  # an exported graph (ONNX) holds no weights
+                raise UsageError(f"{self.path or 'this vocoder'}: the likelihood needs the "
+                                 "checkpoint's weights; an ONNX export holds only the inference "
+                                 "graph (score the checkpoint it was exported from)")
             self._float32_model = self.checkpoint.build_model(self.device, torch.float32)
         return self._float32_model
 
@@ -161,6 +178,26 @@ class Vocoder:
             rows.append(torch.from_numpy(results[key]))
         out = torch.stack(rows)
         return out[0] if single else out
+
+    def stream(self, mel: np.ndarray | torch.Tensor, sigma: float = 0.6, seed: int | None = None,
+               key: str = "", denoiser_strength: float = 0.0,
+               first_piece: int = FIRST_PIECE_FRAMES) -> Iterator[np.ndarray]:
+        """One (n_mels, F) mel -> float32 audio pieces, front to back, as they are made: the
+        first of ``first_piece`` frames (0: the whole item at once), then growing.  Joined they
+        are the F * hop samples ``waveglow synth`` writes for the same seed and key (its noise
+        rule: :func:`~waveglow_cli.synthesis.item_seed`); not clipped.  Raises the item's error
+        (NaN audio ...) where it happens."""
+        array = mel.detach().cpu().float().numpy() if isinstance(mel, torch.Tensor) else mel
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim != 2 or array.shape[0] != self.config.n_mel_channels:
+            raise ValueError(f"mel of shape {array.shape}; expected (n_mels, frames) with "
+                             f"n_mels={self.config.n_mel_channels}")
+        options = SynthesisOptions(sigma=sigma, seed=seed, denoiser_strength=denoiser_strength)
+        batch = dataclasses.replace(self.batch, first_piece=first_piece)
+        for _, block, _ in self.synthesizer(options, batch).stream([(key, array)]):
+            if isinstance(block, Exception):
+                raise block
+            yield block
 
     def mel(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The Tacotron 2 mel this vocoder expects, of (S,) or (B, S) audio at its sample rate."""
@@ -206,8 +243,15 @@ def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
     torch_device = pick_device(device) if isinstance(device, str) else device
     if dtype is None:
         dtype = pick_dtype(precision, torch_device)
-    checkpoint = read_checkpoint(ensure_checkpoint(spec, settings, progress))
-    engine = checkpoint.engine(torch_device, dtype)  # chosen once, here
+    path = ensure_checkpoint(spec, settings, progress)
+    from .onnx_engine import is_onnx_file, open_onnx  # no onnxruntime import until a file
+
+    if is_onnx_file(path):  # a `waveglow export` file: onnxruntime, its precision built in
+        checkpoint, engine = open_onnx(path, torch_device)
+    else:
+        checkpoint = read_checkpoint(path)
+        engine = checkpoint.engine(torch_device, dtype)  # chosen once, here
     denoiser = _denoiser_for(engine) if denoise else None
     mel_config = mel_config_for(checkpoint, registry_entry_for(spec, settings))
-    return Vocoder(engine, checkpoint, mel_config, denoiser)
+    batch = BatchOptions.for_device(torch_device, engine.config)  # synth's defaults
+    return Vocoder(engine, checkpoint, mel_config, denoiser, batch, path=Path(path))

@@ -24,7 +24,10 @@ from .analysis import plot, score
 from .bench import bench
 from .checkpoints import convert, fetch, info, list_checkpoints, rm
 from .common import EXIT_INPUT_FAILED, stderr_console
+from .compare import compare
+from .export import export
 from .mel import mel
+from .serve import serve
 from .synth import synth
 from .train import train
 
@@ -86,6 +89,9 @@ app.command()(score)
 app.command()(plot)
 app.command()(train)
 app.command()(bench)
+app.command()(serve)
+app.command()(compare)
+app.command()(export)
 
 
 def main() -> None:

@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .common import DeviceOption, DownloadBar, errors_to_exit, load_settings
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+#: Where ``--engine compiled`` keeps torch.compile's cache, under WAVEGLOW_HOME.
+COMPILE_CACHE = "compile-cache"
+
+
+def _load_baseline(path: Path) -> Any:
+    """``benchmarks/baseline.py`` (or a file like it) as a module: it is no part of the
+    package, so it is loaded from the file named."""
+    import importlib.util
+
+    from ..errors import UsageError
+
+    spec = importlib.util.spec_from_file_location("waveglow_bench_baseline", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise UsageError(f"--baseline {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "build", None)):
+        raise UsageError(f"--baseline {path}: has no build(state_dict) function")
+    return module
+
+
+def _float32_model(checkpoint: str | None, settings: Settings) -> tuple[Any, str, int]:
+    """(float32 model on the CPU, its name, sample rate): a random full-size model, or the
+    checkpoint's weights read as ``synth`` reads them."""
+    from ..bench import RANDOM_CHECKPOINT, random_model
+
+    if checkpoint is None:
+        return random_model(), RANDOM_CHECKPOINT, 22050
+    from ..cache import ensure_checkpoint
+    from ..checkpoint import read_checkpoint
+
+    loaded = read_checkpoint(ensure_checkpoint(checkpoint, settings, DownloadBar()))
+    return loaded.build_model(), checkpoint, loaded.sample_rate
 
 
 def bench(
@@ -17,6 +55,13 @@ def bench(
     precision: Annotated[str, typer.Option(
         help="auto (as in synth: the bf16 fast path on a CPU with native bf16, else fp32), "
              "fp32, fp16 or bf16.")] = "auto",
+    engine: Annotated[str, typer.Option(
+        help="auto (what synth uses), eager (the model itself), gpu (packed-row matrix "
+             "products; any device) or compiled (gpu with torch.compile; its cache is kept "
+             f"under WAVEGLOW_HOME/{COMPILE_CACHE}).")] = "auto",
+    baseline: Annotated[Path | None, typer.Option(
+        help="Also time this reference implementation (benchmarks/baseline.py) on the same "
+             "mels and noise in the same run: speed-up and SNR against it.")] = None,
     batch_size: Annotated[int, typer.Option(help="Utterances per forward pass.", min=1)] = 1,
     seconds: Annotated[float, typer.Option(help="Length of each synthetic utterance.",
                                            min=0.01)] = 10.0,
@@ -27,29 +72,34 @@ def bench(
     of the device's matmul peak (measured in the same run)."""
     import json
 
-    from ..bench import RANDOM_CHECKPOINT, BenchOptions, random_engine, run_bench
-    from ..engine import pick_device, pick_dtype
-    from ..vocoder import load_vocoder
+    from ..bench import BenchOptions, baseline_reference, run_bench
+    from ..engine import engine_from_float32, pick_device, pick_dtype
 
     settings = load_settings()
     with errors_to_exit(settings, os_errors=False):
         options = BenchOptions(batch_size=batch_size, seconds=seconds, repeats=repeats)
         torch_device = pick_device(device)
         dtype = pick_dtype(precision, torch_device, options.sigma)
-        if checkpoint is None:
-            engine, name, rate = random_engine(torch_device, dtype), RANDOM_CHECKPOINT, 22050
-        else:
-            vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
-                                   progress=DownloadBar())
-            engine, name, rate = vocoder.engine, checkpoint, vocoder.sample_rate
-        result = run_bench(engine, rate, options, name)
+        module = _load_baseline(baseline) if baseline is not None else None
+        model, name, rate = _float32_model(checkpoint, settings)
+        reference = None if module is None else \
+            baseline_reference(module.build, model, torch_device, dtype)
+        chosen = engine_from_float32(model, torch_device, dtype, engine,
+                                     settings.home / COMPILE_CACHE)
+        result = run_bench(chosen, rate, options, name, reference)
+        result["engine"] = engine
     if as_json:
         typer.echo(json.dumps(result))
         return
+    _print(result)
+
+
+def _print(result: dict) -> None:
     typer.echo(f"{result['checkpoint']} on {result['device_name']} ({result['device']}, "
                f"{result['precision']}, {result['path']}, {result['threads']} threads)")
     typer.echo(f"batch {result['batch_size']} x {result['seconds']:.2f} s: "
-               f"{result['seconds_per_run']:.3f} s per run (median of {result['repeats']})")
+               f"{result['seconds_per_run']:.3f} s per run (median of {result['repeats']}; "
+               f"first run {result['first_run_seconds'] or 0:.3f} s)")
     typer.echo(f"{result['samples_per_second'] / 1e3:,.1f} k samples/s, "
                f"{result['x_real_time']:.2f}x real time")
     typer.echo(f"{result['flops_per_sample'] / 1e6:.1f} MFLOP/sample -> "
@@ -57,3 +107,9 @@ def bench(
                f"of the measured {result['precision']} matmul peak "
                f"({result['matmul_peak_tflops']:.3f} TFLOP/s)")
     typer.echo(f"peak memory {result['peak_memory_mib']:,.0f} MiB ({result['memory_kind']})")
+    base = result.get("baseline")
+    if base:
+        typer.echo(f"baseline: {base['seconds_per_run']:.3f} s per run, "
+                   f"{base['samples_per_second'] / 1e3:,.1f} k samples/s; ours is "
+                   f"{base['speedup']:.2f}x; SNR ours vs baseline "
+                   f"{base['snr_db_ours_vs_baseline']:.1f} dB")

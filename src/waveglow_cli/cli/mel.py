@@ -1,5 +1,6 @@
 """``waveglow mel``: audio files to Tacotron 2 mel spectrograms, one item at a time
-(:func:`waveglow_cli.jobs.run_items`)."""
+(:func:`waveglow_cli.jobs.run_items`); with ``--from PRESET|FILE.toml``, mels of another
+toolkit's convention converted to ours (:mod:`waveglow_cli.melconvert`) without vocoding."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import IO, Annotated
 
 import typer
 
+from ..conventions import PRESETS
 from ..errors import UsageError
 from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, DownloadBar, ItemProgress,
                      MelCheckpointOption, OverwriteOption, QuietOption, SkipExistingOption,
@@ -20,7 +22,8 @@ FORMATS = ("npy", "pt")
 
 def mel(
     inputs: Annotated[list[str], typer.Argument( metavar="INPUT",
-        help="Audio files (WAV, FLAC, OGG, ...), folders of them, or - for stdin.",
+        help="Audio files (WAV, FLAC, OGG, ...), folders of them, or - for stdin; with "
+             "--from, mel files (.npy/.pt) of that convention too.",
         show_default=False)],
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Output file for one input, a folder for several, - for stdout. "
@@ -33,27 +36,54 @@ def mel(
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
     quiet: QuietOption = False,
+    convention: Annotated[str | None, typer.Option(
+        "--from", help="Convert mel files of this convention to ours instead: a preset "
+                       f"({', '.join(PRESETS)}) or a .toml file. Default output: "
+                       "<stem>.tacotron2.npy beside each input.", show_default=False)] = None,
+    mel_stats: Annotated[str | None, typer.Option(
+        "--mel-stats", help="With --from: undo mean-variance normalisation with these "
+                            "statistics (ParallelWaveGAN stats.h5, or a (2, n_mels) .npy of "
+                            "mean and scale).", show_default=False)] = None,
+    mel_layout: Annotated[str, typer.Option(
+        help="With --from: auto, CT (n_mels, frames) or TC (frames, n_mels).")] = "auto",
 ) -> None:
-    """Compute Tacotron 2 mel spectrograms (float32, (n_mels, frames), natural log)."""
-    from ..audio_io import AUDIO_SUFFIXES, atomic_write, encode_mel
-    from ..jobs import Item, JobProgress, OutputPolicy, discover, plan_outputs, run_items, \
-        write_stream
+    """Compute Tacotron 2 mel spectrograms (float32, (n_mels, frames), natural log), or
+    convert another toolkit's mels to them (--from)."""
+    from ..audio_io import AUDIO_SUFFIXES, MEL_LAYOUTS, atomic_write, encode_mel
+    from ..jobs import MEL_SUFFIXES, Item, JobProgress, OutputPolicy, discover, plan_outputs, \
+        run_items, write_stream
 
     settings = load_settings()
     with errors_to_exit(settings, os_errors=False):
         policy = OutputPolicy(overwrite, skip_existing)
         fmt = _format(fmt, output)
-        items = discover(inputs, AUDIO_SUFFIXES)
-        outputs = plan_outputs(items, output, f".{fmt}")
+        if convention is None and mel_stats is not None:
+            raise UsageError("--mel-stats goes with --from (the convention it normalises)")
+        if mel_layout not in MEL_LAYOUTS:
+            raise UsageError(f"--mel-layout takes {', '.join(MEL_LAYOUTS)}")
+        if convention is not None:
+            from ..conventions import resolve_convention
+
+            resolve_convention(convention)  # a bad spec fails before any work
+        items = discover(inputs, AUDIO_SUFFIXES if convention is None
+                         else MEL_SUFFIXES + AUDIO_SUFFIXES)
+        # Beside a mel input, <stem>.npy would be the input itself.
+        outputs = plan_outputs(items, output, f".{fmt}" if convention is None or output
+                               else f".tacotron2.{fmt}")
         refuse_binary_to_terminal(outputs, f"binary .{fmt} data", f".{fmt}")
         check_checkpoint(checkpoint, settings)
     stdout = getattr(sys.stdout, "buffer", None)
 
     def handle(item: Item, source: Path | IO[bytes], target: Path | None,
                progress: JobProgress) -> None:
-        from ..inputs import audio_to_mel
+        from ..inputs import audio_to_mel, load_synthesis_input
 
-        spectrogram, notes = audio_to_mel(source, config, item.display)
+        if converter is None:
+            spectrogram, notes = audio_to_mel(source, config, item.display)
+        else:
+            loaded, notes = load_synthesis_input(source, item.display, config, mel_layout,
+                                                 converter=converter)
+            spectrogram = loaded  # converted: an array
         for text in notes:
             progress.note(text)
         data = encode_mel(spectrogram, fmt)
@@ -66,6 +96,11 @@ def mel(
         from ..vocoder import mel_settings_for
 
         config = mel_settings_for(checkpoint, settings, DownloadBar(quiet))
+        converter = None
+        if convention is not None:
+            from ..inputs import mel_converter
+
+            converter = mel_converter(convention, config, mel_stats)
         with ItemProgress(0 if quiet else len(items), "mel", settings,
                           notes=not quiet) as progress:
             summary = run_items(items, outputs, policy, handle, progress,

@@ -19,7 +19,6 @@ from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointO
 
 if TYPE_CHECKING:
     from ..jobs import Item, OutputPolicy, SynthesisJob
-    from ..model import WaveGlowConfig
     from ..settings import Settings
 
 Inputs = Annotated[list[str], typer.Argument( metavar="INPUT",
@@ -46,7 +45,25 @@ BatchFrames = Annotated[int | None, typer.Option(
          "on the CPU (one piece at a time).", min=1, show_default=False)]
 MelLayout = Annotated[str, typer.Option(help="auto, CT (n_mels, frames) or TC (frames, n_mels).")]
 MelScale = Annotated[str, typer.Option(help="ln (Tacotron 2), log10, or db (20 log10 magnitude).")]
+MelFrom = Annotated[str | None, typer.Option(
+    "--mel-from", help="The input mels are another toolkit's: a preset (tacotron2, hifigan, "
+                       "pwg, coqui, vocos, bigvgan-24k, bigvgan-22k) or a .toml convention; "
+                       "converted to the checkpoint's mel (--mel-scale does not apply).",
+    show_default=False)]
+MelStatsFile = Annotated[str | None, typer.Option(
+    "--mel-stats", help="With --mel-from: undo mean-variance normalisation (ParallelWaveGAN "
+                        "stats.h5, or a (2, n_mels) .npy of mean and scale).",
+    show_default=False)]
 FailFast = Annotated[bool, typer.Option(help="Stop at the first failed input.")]
+Format = Annotated[str | None, typer.Option(
+    "--format", help="Standard output's format: wav (streamed as it is made; the header holds "
+                     "the exact length), raw (headerless little-endian PCM, streamed, for "
+                     "aplay/ffplay) or flac (written at the end). Files take theirs from "
+                     "the extension.", show_default=False)]
+FirstPiece = Annotated[int, typer.Option(
+    help="One input is made front to back in growing pieces, the first of this many frames, "
+         "so its first audio comes early (to standard output, as it is made); 0: whole.",
+    min=0)]
 Plot = Annotated[bool, typer.Option(
     "--plot", help="Also write <stem>.png (input mel and output waveform) beside each output; "
                    "needs the [plot] extra.")]
@@ -67,11 +84,15 @@ def synth(
     batch_frames: BatchFrames = None,
     mel_layout: MelLayout = "auto",
     mel_scale: MelScale = "ln",
+    mel_from: MelFrom = None,
+    mel_stats: MelStatsFile = None,
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
     fail_fast: FailFast = False,
     quiet: QuietOption = False,
     plot: Plot = False,
+    format: Format = None,
+    first_piece: FirstPiece = 32,
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
     from ..jobs import OutputPolicy, all_ranks_sum
@@ -79,7 +100,8 @@ def synth(
     settings, shard = load_settings(), Shard.from_env()
     with errors_to_exit(settings, os_errors=False):  # all before torch is imported
         policy = OutputPolicy(overwrite, skip_existing)
-        items, outputs = _plan(inputs, output, subtype, mel_layout, mel_scale, shard)
+        items, outputs = _plan(inputs, output, subtype, mel_layout, mel_scale, shard, format)
+        _check_mel_from(mel_from, mel_stats)
         check_checkpoint(checkpoint, settings)
     with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
         job = _synthesis_job(
@@ -87,7 +109,8 @@ def synth(
             device=device, precision=precision, subtype=subtype,
             denoiser_strength=denoiser_strength, batch_size=batch_size, max_frames=max_frames,
             batch_frames=batch_frames, mel_layout=mel_layout, mel_scale=mel_scale,
-            fail_fast=fail_fast, plot=plot)
+            mel_from=mel_from, mel_stats=mel_stats,
+            fail_fast=fail_fast, plot=plot, stdout_format=format or "wav", first_piece=first_piece)
         with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
                           audio=True) as progress:
             summary = job.run(items, outputs, progress)
@@ -97,9 +120,11 @@ def synth(
 
 
 def _plan(inputs: list[str], output: str | None, subtype: str, mel_layout: str,
-          mel_scale: str, shard: Shard) -> tuple[list[Item], list[Path | None]]:
+          mel_scale: str, shard: Shard, fmt: str | None
+          ) -> tuple[list[Item], list[Path | None]]:
     """The inputs, where each one's audio goes, and this process's share of them."""
-    from ..audio_io import AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES, output_format
+    from ..audio_io import (AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES, STREAM_FORMATS,
+                            output_format)
     from ..jobs import (MEL_SUFFIXES, discover, plan_outputs, refuse_overwriting_inputs,
                         take_shard, without_own_outputs)
 
@@ -111,16 +136,33 @@ def _plan(inputs: list[str], output: str | None, subtype: str, mel_layout: str,
     outputs = plan_outputs(items, output, ".wav")
     for target in outputs:
         output_format(target if target is not None else "-", subtype)
+    if fmt is not None and (fmt not in STREAM_FORMATS or any(t is not None for t in outputs)):
+        raise UsageError(f"--format {fmt}: it sets standard output's format (-o -), one of "
+                         f"{', '.join(STREAM_FORMATS)}; files take theirs from the extension")
+    if fmt == "flac" and subtype not in ("PCM_16", "PCM_24"):
+        raise UsageError(f"--format flac: FLAC stores PCM_16 or PCM_24, not {subtype}")
     refuse_binary_to_terminal(outputs, "binary audio", ".wav")
     refuse_overwriting_inputs(items, outputs)
     return take_shard(items, outputs, shard)
 
 
+def _check_mel_from(mel_from: str | None, mel_stats: str | None) -> None:
+    """A bad --mel-from (or --mel-stats without it) fails before torch is imported."""
+    if mel_from is None:
+        if mel_stats is not None:
+            raise UsageError("--mel-stats goes with --mel-from (the convention it normalises)")
+        return
+    from ..conventions import resolve_convention
+
+    resolve_convention(mel_from)
+
+
 def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, checkpoint: str,
                    sigma: float, seed: int | None, device: str, precision: str, subtype: str,
                    denoiser_strength: float, batch_size: int, max_frames: int | None,
-                   batch_frames: int | None, mel_layout: str, mel_scale: str, fail_fast: bool,
-                   plot: bool) -> SynthesisJob:
+                   batch_frames: int | None, mel_layout: str, mel_scale: str,
+                   mel_from: str | None, mel_stats: str | None, fail_fast: bool,
+                   plot: bool, stdout_format: str, first_piece: int) -> SynthesisJob:
     """The vocoder for the device and precision asked for, and the job around it."""
     from ..jobs import synthesis_job
     from ..engine import pick_device, pick_dtype
@@ -139,11 +181,8 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, ch
     vocoder = load_vocoder(checkpoint, torch_device, pick_dtype(precision, torch_device, sigma),
                            settings=settings, denoise=denoiser_strength > 0,
                            progress=DownloadBar())
-    max_frames, batch_frames = _piece_defaults(max_frames, batch_frames, torch_device,
-                                               vocoder.config)
-    batching = BatchOptions(batch_size=batch_size, max_frames=max_frames,
-                            batch_frames=batch_frames)
-    _check_max_frames(max_frames, vocoder.config)
+    batching = BatchOptions.for_device(torch_device, vocoder.config, batch_size=batch_size,
+                                       max_frames=max_frames, batch_frames=batch_frames)
     if plot:
         from ..plot import require_matplotlib
 
@@ -151,35 +190,7 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, ch
     # Standard input and output as streams (None where this process has none).
     return synthesis_job(vocoder, options, batching, subtype=subtype, policy=policy,
                          fail_fast=fail_fast, mel_layout=mel_layout, mel_scale=mel_scale,
+                         mel_from=mel_from, mel_stats=mel_stats,
                          plot=plot, stdin=getattr(sys.stdin, "buffer", None),
-                         stdout=getattr(sys.stdout, "buffer", None))
-
-
-def _piece_defaults(max_frames: int | None, batch_frames: int | None, device: object,
-                    config: WaveGlowConfig) -> tuple[int, int]:
-    """--max-frames and --batch-frames when not given.  On the CPU one piece of 1024 frames at
-    a time: the upsampled mel alone is M x hop floats per frame (80 KiB at 80 mels), so a
-    GPU-sized batch (16384 frames) would take gigabytes of RAM.  Never below 4 context margins,
-    so a model with a wide receptive field still has room for the piece itself."""
-    from ..synthesis import context_margin
-
-    on_cpu = getattr(device, "type", "cpu") == "cpu"
-    if max_frames is None:
-        max_frames = max(1024 if on_cpu else 2048, 4 * context_margin(config))
-    if batch_frames is None:
-        batch_frames = max_frames if on_cpu else max(16384, max_frames)
-    return max_frames, batch_frames
-
-
-def _check_max_frames(max_frames: int, config: WaveGlowConfig) -> None:
-    """A long input is cut into pieces of ``max_frames`` that carry the model's context margin
-    on both sides; a limit below 3 margins leaves no room for the piece itself."""
-    from ..synthesis import context_margin
-
-    if config.hop_length % config.n_group:
-        return  # such a model is synthesised whole; --max-frames does not apply
-    margin = context_margin(config)
-    if max_frames < 3 * margin:
-        raise UsageError(f"--max-frames {max_frames} is too small for this checkpoint: the "
-                         f"minimum is {3 * margin} frames (3 x its {margin}-frame context "
-                         "margin)")
+                         stdout=getattr(sys.stdout, "buffer", None),
+                         stdout_format=stdout_format, first_piece=first_piece)

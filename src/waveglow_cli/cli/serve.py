@@ -1,0 +1,75 @@
+"""``waveglow serve``: declare the options, bind the port, load the vocoder, run the HTTP
+server (:mod:`waveglow_cli.serve`) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from .common import (DEFAULT_CHECKPOINT, CheckpointOption, DeviceOption, DownloadBar,
+                     PrecisionOption, check_checkpoint, errors_to_exit, load_settings,
+                     stderr_console)
+
+Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
+Port = Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one (printed).",
+                                   min=0, max=65535)]
+MaxBatch = Annotated[int, typer.Option(help="Requests synthesised together at most.", min=1)]
+MaxWaitMs = Annotated[float, typer.Option(
+    help="How long the oldest waiting request waits for others to batch with (ms).", min=0.0)]
+Queue = Annotated[int, typer.Option(
+    help="Requests that may wait for synthesis; beyond, 503 with Retry-After.", min=1)]
+MaxFramesPerRequest = Annotated[int | None, typer.Option(
+    help="Longest mel accepted (frames); longer ones get 413. Default: ten minutes of audio.",
+    min=1, show_default=False)]
+
+
+def serve(
+    checkpoint: CheckpointOption = DEFAULT_CHECKPOINT,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    max_batch: MaxBatch = 16,
+    max_wait_ms: MaxWaitMs = 10.0,
+    queue: Queue = 256,
+    max_frames_per_request: MaxFramesPerRequest = None,
+) -> None:
+    """Serve synthesis over HTTP: POST /v1/synthesize (a mel in, audio streamed out),
+    GET /health, /v1/models, /metrics. SIGTERM finishes the requests in flight, then exits 0."""
+    import signal
+
+    settings = load_settings()
+    with errors_to_exit(settings):
+        check_checkpoint(checkpoint, settings)
+        try:
+            from ..serve.server import bind_socket, run_server, url_of
+        except ImportError as e:
+            raise UsageError(f"waveglow serve needs the serve extra ({e.name} is missing): "
+                             "pip install 'waveglow-cli[serve]'") from None
+        sock = bind_socket(host, port)  # a port in use fails before torch is imported
+        from ..engine import pick_device, pick_dtype
+        from ..serve.app import ServeOptions, create_app
+        from ..serve.protocol import DEFAULT_SIGMA
+        from ..synthesis import return_freed_memory_promptly
+        from ..vocoder import load_vocoder
+
+        options = ServeOptions(checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               queue=queue, max_frames_per_request=max_frames_per_request)
+        return_freed_memory_promptly()
+        torch_device = pick_device(device)
+        # The dtype synth picks for sampled noise; where --precision auto gives sigma 0
+        # another one (float32 beside the CPU bf16 fast path), a second engine serves those
+        # requests, so that every request equals synth with its sigma.
+        dtype = pick_dtype(precision, torch_device, DEFAULT_SIGMA)
+        vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
+                               denoise=True, progress=DownloadBar())
+        exact_dtype = pick_dtype(precision, torch_device, 0.0)
+        exact = None if exact_dtype == dtype else load_vocoder(
+            checkpoint, torch_device, exact_dtype, settings=settings, denoise=True)
+        app = create_app(vocoder, options, exact)
+    line = f"serving {checkpoint} on {url_of(host, sock)}"
+    # uvicorn re-raises SIGTERM for this handler once it has shut down gracefully: exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    run_server(app, sock, lambda: stderr_console().out(line))

@@ -60,12 +60,13 @@ class Checkpoint:
         cast with them)."""
         return self._float32_model().to(device=device, dtype=dtype)
 
-    def engine(self, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Engine:
+    def engine(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               kind: str = "auto", cache_dir: Path | None = None) -> Engine:
         """The inference engine for ``device`` and ``dtype``, chosen once, here: bfloat16 on the
         CPU is the fast path folded from the float32 weights (float32 1x1 inverses; it holds its
-        own weights, so no bfloat16 model is kept), anything else the model itself."""
-        return engine_from_float32(self._float32_model(), device, dtype)
+        own weights, so no bfloat16 model is kept), anything else the model itself; ``kind``
+        and ``cache_dir`` as for :func:`~waveglow_cli.engine.engine_from_float32`."""
+        return engine_from_float32(self._float32_model(), device, dtype, kind, cache_dir)
 
     def _float32_model(self) -> WaveGlow:
         with _NoRandomInit():  # every tensor is loaded next

@@ -87,6 +87,11 @@ class Settings:
     def checkpoint_dir(self) -> Path:
         return self.home / "checkpoints"
 
+    @property
+    def compile_cache(self) -> Path:
+        """Where ``--engine compiled`` keeps torch.compile's code between runs."""
+        return self.home / "compile-cache"
+
 
 def _limits_from_env(env: Mapping[str, str]) -> tuple[DownloadLimits, tuple[str, ...]]:
     """The download limits the environment sets; unparsable values keep the default and are

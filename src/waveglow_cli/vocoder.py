@@ -229,7 +229,7 @@ def _denoiser_for(engine: Engine) -> Denoise:
 def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
                  dtype: torch.dtype | None = None, *, precision: str = "fp32",
                  settings: Settings | None = None, denoise: bool = False,
-                 progress: Any = None) -> Vocoder:
+                 progress: Any = None, engine: str = "auto") -> Vocoder:
     """Load a checkpoint by registry name or path and return a :class:`Vocoder`.
 
     A registry checkpoint not yet cached is fetched first (unless offline), reporting to
@@ -238,7 +238,9 @@ def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
     ``precision`` ('fp32', 'fp16', 'bf16'; 'auto' is fp32 here: synthesis chooses bf16 only
     when noise is sampled, see :func:`~waveglow_cli.engine.pick_dtype`).  ``settings``:
     where the cache and registry are (default: from the environment).  ``denoise`` prepares
-    NVIDIA's denoiser (used by synthesis with a denoiser strength)."""
+    NVIDIA's denoiser (used by synthesis with a denoiser strength).  ``engine``: 'auto', or
+    'eager', 'gpu', 'compiled' (see :func:`~waveglow_cli.engine.engine_from_float32`; the
+    compiled code is cached under the settings' home)."""
     settings = settings if settings is not None else Settings.from_env()
     torch_device = pick_device(device) if isinstance(device, str) else device
     if dtype is None:
@@ -246,12 +248,14 @@ def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
     path = ensure_checkpoint(spec, settings, progress)
     from .onnx_engine import is_onnx_file, open_onnx  # no onnxruntime import until a file
 
+    chosen: Engine
     if is_onnx_file(path):  # a `waveglow export` file: onnxruntime, its precision built in
-        checkpoint, engine = open_onnx(path, torch_device)
+        checkpoint, chosen = open_onnx(path, torch_device)
     else:
         checkpoint = read_checkpoint(path)
-        engine = checkpoint.engine(torch_device, dtype)  # chosen once, here
-    denoiser = _denoiser_for(engine) if denoise else None
+        chosen = checkpoint.engine(torch_device, dtype, engine,  # chosen once, here
+                                   settings.compile_cache)
+    denoiser = _denoiser_for(chosen) if denoise else None
     mel_config = mel_config_for(checkpoint, registry_entry_for(spec, settings))
-    batch = BatchOptions.for_device(torch_device, engine.config)  # synth's defaults
-    return Vocoder(engine, checkpoint, mel_config, denoiser, batch, path=Path(path))
+    batch = BatchOptions.for_device(torch_device, chosen.config)  # synth's defaults
+    return Vocoder(chosen, checkpoint, mel_config, denoiser, batch, path=Path(path))

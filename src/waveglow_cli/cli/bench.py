@@ -7,13 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import DeviceOption, DownloadBar, errors_to_exit, load_settings
+from .common import DeviceOption, DownloadBar, EngineOption, errors_to_exit, load_settings
 
 if TYPE_CHECKING:
     from ..settings import Settings
-
-#: Where ``--engine compiled`` keeps torch.compile's cache, under WAVEGLOW_HOME.
-COMPILE_CACHE = "compile-cache"
 
 
 def _load_baseline(path: Path) -> Any:
@@ -55,10 +52,7 @@ def bench(
     precision: Annotated[str, typer.Option(
         help="auto (as in synth: the bf16 fast path on a CPU with native bf16, else fp32), "
              "fp32, fp16 or bf16.")] = "auto",
-    engine: Annotated[str, typer.Option(
-        help="auto (what synth uses), eager (the model itself), gpu (packed-row matrix "
-             "products; any device) or compiled (gpu with torch.compile; its cache is kept "
-             f"under WAVEGLOW_HOME/{COMPILE_CACHE}).")] = "auto",
+    engine: EngineOption = "auto",
     baseline: Annotated[Path | None, typer.Option(
         help="Also time this reference implementation (benchmarks/baseline.py) on the same "
              "mels and noise in the same run: speed-up and SNR against it.")] = None,
@@ -85,7 +79,7 @@ def bench(
         reference = None if module is None else \
             baseline_reference(module.build, model, torch_device, dtype)
         chosen = engine_from_float32(model, torch_device, dtype, engine,
-                                     settings.home / COMPILE_CACHE)
+                                     settings.compile_cache)
         result = run_bench(chosen, rate, options, name, reference)
         result["engine"] = engine
     if as_json:

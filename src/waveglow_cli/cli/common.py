@@ -186,6 +186,11 @@ PrecisionOption = Annotated[str, typer.Option(
     help="auto: bf16 fast path on a CPU with native bf16 (AMX/AVX512-BF16) when sigma > 0, "
          "else fp32 (sigma 0 always fp32: matches the reference); fp32, fp16 or bf16 "
          "(faster, not exact).")]
+EngineOption = Annotated[str, typer.Option(
+    help="auto (the model itself, or the CPU bf16 fast path where --precision gives bf16 on "
+         "a CPU), eager, gpu (packed-row matrix products with a float32 coupling; any device; "
+         "not yet measured on a GPU) or compiled (gpu with torch.compile; its code is cached "
+         "under WAVEGLOW_HOME/compile-cache).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q",
                                            help="No progress bar, notes or summary.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace existing outputs.")]

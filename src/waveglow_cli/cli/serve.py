@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .common import (DEFAULT_CHECKPOINT, CheckpointOption, DeviceOption, DownloadBar,
-                     PrecisionOption, check_checkpoint, errors_to_exit, load_settings,
+                     EngineOption, PrecisionOption, check_checkpoint, errors_to_exit, load_settings,
                      stderr_console)
 
 Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
@@ -31,6 +31,7 @@ def serve(
     port: Port = 8000,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    engine: EngineOption = "auto",
     max_batch: MaxBatch = 16,
     max_wait_ms: MaxWaitMs = 10.0,
     queue: Queue = 256,
@@ -64,10 +65,11 @@ def serve(
         # requests, so that every request equals synth with its sigma.
         dtype = pick_dtype(precision, torch_device, DEFAULT_SIGMA)
         vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
-                               denoise=True, progress=DownloadBar())
+                               denoise=True, progress=DownloadBar(), engine=engine)
         exact_dtype = pick_dtype(precision, torch_device, 0.0)
         exact = None if exact_dtype == dtype else load_vocoder(
-            checkpoint, torch_device, exact_dtype, settings=settings, denoise=True)
+            checkpoint, torch_device, exact_dtype, settings=settings, denoise=True,
+            engine=engine)
         app = create_app(vocoder, options, exact)
     line = f"serving {checkpoint} on {url_of(host, sock)}"
     # uvicorn re-raises SIGTERM for this handler once it has shut down gracefully: exit 0.

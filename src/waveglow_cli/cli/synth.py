@@ -12,7 +12,7 @@ import typer
 from ..errors import UsageError
 from ..settings import Shard
 from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointOption,
-                     DeviceOption, DownloadBar, ItemProgress, OverwriteOption, PrecisionOption,
+                     DeviceOption, DownloadBar, EngineOption, ItemProgress, OverwriteOption, PrecisionOption,
                      QuietOption, SkipExistingOption, check_checkpoint, end_of_job,
                      errors_to_exit, interrupts_to_exit, load_settings,
                      refuse_binary_to_terminal)
@@ -77,6 +77,7 @@ def synth(
     seed: Seed = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    engine: EngineOption = "auto",
     subtype: Subtype = "PCM_16",
     denoiser_strength: DenoiserStrength = 0.0,
     batch_size: BatchSize = 8,
@@ -106,7 +107,7 @@ def synth(
     with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
         job = _synthesis_job(
             settings, shard, policy, checkpoint=checkpoint, sigma=sigma, seed=seed,
-            device=device, precision=precision, subtype=subtype,
+            device=device, precision=precision, engine=engine, subtype=subtype,
             denoiser_strength=denoiser_strength, batch_size=batch_size, max_frames=max_frames,
             batch_frames=batch_frames, mel_layout=mel_layout, mel_scale=mel_scale,
             mel_from=mel_from, mel_stats=mel_stats,
@@ -158,7 +159,8 @@ def _check_mel_from(mel_from: str | None, mel_stats: str | None) -> None:
 
 
 def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, checkpoint: str,
-                   sigma: float, seed: int | None, device: str, precision: str, subtype: str,
+                   sigma: float, seed: int | None, device: str, precision: str, engine: str,
+                   subtype: str,
                    denoiser_strength: float, batch_size: int, max_frames: int | None,
                    batch_frames: int | None, mel_layout: str, mel_scale: str,
                    mel_from: str | None, mel_stats: str | None, fail_fast: bool,
@@ -180,7 +182,7 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, ch
     torch_device = pick_device(device)
     vocoder = load_vocoder(checkpoint, torch_device, pick_dtype(precision, torch_device, sigma),
                            settings=settings, denoise=denoiser_strength > 0,
-                           progress=DownloadBar())
+                           progress=DownloadBar(), engine=engine)
     batching = BatchOptions.for_device(torch_device, vocoder.config, batch_size=batch_size,
                                        max_frames=max_frames, batch_frames=batch_frames)
     if plot:

@@ -373,3 +373,14 @@ def test_onnx_files_are_recognised_by_suffix_or_first_bytes(tmp_path, exported, 
     for other in (tiny_checkpoint, safetensors, zipped, lookalike):
         assert not is_onnx_file(other), other
     assert isinstance(EagerEngine(read_checkpoint(tiny_checkpoint).build_model()), Engine)
+
+
+def test_commands_that_need_weights_name_an_onnx_file_for_what_it_is(exported, tmp_path):
+    """info, convert and score read checkpoints: an exported graph is named as one, with the
+    commands that do run it, in one line."""
+    for args in (("info", exported), ("convert", exported, tmp_path / "x.safetensors")):
+        r = run_cli(*args, env=ONE_THREAD)
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert "an ONNX export, not a checkpoint" in lines[0] and "synth -c FILE" in lines[0]
+    assert not (tmp_path / "x.safetensors").exists()

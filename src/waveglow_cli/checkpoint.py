@@ -132,6 +132,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         return _read_safetensors(path)
     if kind in ("torch-zip", "torch-legacy"):
         return _read_torch_pickle(path, kind)
+    if Path(path).suffix.lower() == ".onnx" or head[:1] == b"\x08" and head[2:3] == b"\x12":
+        # An ONNX ModelProto (ir_version, then producer_name): a `waveglow export` file.
+        raise CheckpointError(path, "an ONNX export, not a checkpoint: it holds only the "
+                                    "inference graph (synth -c FILE and serve -c FILE run it; "
+                                    "info, convert and score need the checkpoint it came from)")
     raise CheckpointError(
         path, f"not a WaveGlow checkpoint (unrecognised file format, first bytes {head[:8]!r})")
 

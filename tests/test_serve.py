@@ -217,6 +217,10 @@ def test_a_json_body_equals_the_npy_body(server):
                                             content_type="application/json")
     assert status == 200 and headers["content-type"] == "audio/wav"
     assert from_json == from_npy
+    # Clients that declare no type, or urllib's default form type, are read by content.
+    for declared in ("", "application/x-www-form-urlencoded"):
+        status, _, answer = synthesize(server.port, body=body, content_type=declared)
+        assert status == 200 and answer == from_npy, (declared, answer[:200])
     # Another key, another noise; no seed, fresh noise each time.
     assert synthesize(server.port, mel, seed=9, key="a/c.npy")[2] != from_npy
     assert synthesize(server.port, mel)[2] != synthesize(server.port, mel)[2]

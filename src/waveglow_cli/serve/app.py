@@ -26,7 +26,7 @@ from starlette.routing import Route
 from ..synthesis import FIRST_PIECE_FRAMES, BatchOptions, SynthesisOptions, Synthesizer
 from .batcher import Batcher, BatcherOptions, Job
 from .metrics import ServerMetrics
-from .protocol import Limits, RequestError, RequestTooLarge, default_max_frames, is_json, \
+from .protocol import Limits, RequestError, RequestTooLarge, default_max_frames, may_be_json, \
     parse_request
 from .stream import AudioStream, error_response
 
@@ -163,7 +163,7 @@ async def _synthesize(state: ServerState, request: Request) -> Response | AudioS
     content_type = request.headers.get("content-type")
     try:
         body = await _read_body(request, state.limits.body_bytes(
-            json_body=is_json(content_type) or not content_type))
+            json_body=may_be_json(content_type)))
         parsed = await run_in_threadpool(parse_request, body, content_type,
                                          dict(request.query_params), state.limits)
     except ClientDisconnect:

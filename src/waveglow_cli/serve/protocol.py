@@ -102,11 +102,20 @@ class SynthesisRequest:
 
 
 def is_json(content_type: str | None, head: bytes = b"") -> bool:
-    """A JSON body: declared so, or undeclared and starting with ``{``."""
+    """A JSON body: declared so, or starting with ``{`` whatever the declared type (clients
+    such as urllib send form-urlencoded by default; no mel file starts with ``{``: .npy
+    starts with ``\\x93NUMPY``, a torch file with ``PK`` or a pickle opcode)."""
     kind = (content_type or "").split(";")[0].strip().lower()
-    if kind:
-        return kind == "application/json" or kind.endswith("+json")
+    if kind == "application/json" or kind.endswith("+json"):
+        return True
     return head.lstrip()[:1] == b"{"
+
+
+def may_be_json(content_type: str | None) -> bool:
+    """Whether the body may be JSON (and so gets JSON's larger size limit): anything not
+    declared as binary."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    return kind not in ("application/octet-stream", "application/x-npy")
 
 
 def parse_request(body: bytes, content_type: str | None, query: Mapping[str, str],

@@ -18,6 +18,7 @@ import soxr
 import torch
 from typer.testing import CliRunner
 
+from test_jobs import KeepAudio
 from waveglow_cli.cli import app
 
 SPEECH = sorted((Path(__file__).parent / "data" / "heldout_speech").glob("*.flac"))
@@ -372,15 +373,7 @@ def test_a_synthesis_job_vocodes_a_vocos_mel(demo, tmp_path):
     assert mel.shape[0] == 80 and notes == []
     assert distance(mel, tacotron2_mel(clip)) <= BOUND_NATS
 
-    class Keep:
-        def __init__(self) -> None:
-            self.audio: dict[str, np.ndarray] = {}
-
-        def __call__(self, item, target, mel, blocks):
-            self.audio[item.key] = np.concatenate(list(blocks))
-            return self.audio[item.key].size
-
-    keep = Keep()
+    keep = KeepAudio()
     options = SynthesisOptions(sigma=0.6, seed=0)
     job = SynthesisJob(demo.synthesizer(options, demo.batch), reader, keep, demo.sample_rate)
     start = time.perf_counter()

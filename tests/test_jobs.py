@@ -31,6 +31,17 @@ class Recorder:
         self.errors.append(error)
 
 
+class KeepAudio:
+    """An ItemWriter that keeps each item's audio in memory, by key."""
+
+    def __init__(self) -> None:
+        self.audio: dict[str, np.ndarray] = {}
+
+    def __call__(self, item, target, mel, blocks):
+        self.audio[item.key] = np.concatenate(list(blocks))
+        return self.audio[item.key].size
+
+
 @pytest.fixture(scope="module")
 def vocoder(tiny_checkpoint):
     from waveglow_cli import load_vocoder
@@ -106,18 +117,10 @@ def test_the_writer_is_a_parameter_and_streams_are_passed_in(vocoder):
     from waveglow_cli.jobs import Item, SynthesisJob, synthesis_job
     from waveglow_cli.synthesis import SynthesisOptions
 
-    class Keep:
-        def __init__(self) -> None:
-            self.audio: dict[str, np.ndarray] = {}
-
-        def __call__(self, item, target, mel, blocks):
-            self.audio[item.key] = np.concatenate(list(blocks))
-            return self.audio[item.key].size
-
     stdin = io.BytesIO()
     np.save(stdin, mel(6, 4))
     stdin.seek(0)
-    keep = Keep()
+    keep = KeepAudio()
     options = SynthesisOptions(sigma=0.6, seed=3)
     job = synthesis_job(vocoder, options, writer=keep, stdin=stdin)
     assert isinstance(job, SynthesisJob)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
+from waveglow_cli.jobs import SilentProgress
 
 WAIT = 30.0  # seconds a blocked writer waits before the test calls overlap missing
 
@@ -32,7 +33,7 @@ def _mels(n: int, frames: int = 40) -> dict[str, np.ndarray]:
                           ).astype(np.float32) for i in range(n)}
 
 
-class Produced:
+class Produced(SilentProgress):
     """A JobProgress that counts the audio blocks made (called on the synthesis thread)."""
 
     def __init__(self) -> None:
@@ -47,15 +48,6 @@ class Produced:
     def wait_for(self, blocks: int) -> bool:
         with self.changed:
             return self.changed.wait_for(lambda: self.blocks >= blocks, timeout=WAIT)
-
-    def advance(self, seconds: float | None = None) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-    def failed(self, error: BaseException) -> None:
-        pass
 
 
 def _job(vocoder, mels, writer, window=64):

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import WaveGlow, reverse_flows
+from .model import WaveGlow, WaveGlowConfig, reverse_flows
 
 #: rows (grouped steps) processed together: bounds memory; one item is never split.
 DEFAULT_MAX_ROWS = 1 << 17
@@ -101,6 +101,25 @@ class _Flow:
     layers: list[_Layer]
     end_b: Tensor            # (2 n_half,) float32: end bias plus every layer's folded skip bias
     inverse_t: Tensor        # (n, n) float32: rows @ inverse_t applies W^-1
+
+
+def noise_and_lengths(config: WaveGlowConfig, mel: Tensor, z: Tensor | None,
+                      lengths: Tensor | None, generator: torch.Generator | None = None
+                      ) -> tuple[Tensor, int, list[int]]:
+    """For an engine's ``infer`` on a (B, M, F) mel: the noise (drawn when None, else its shape
+    checked), the padded batch's grouped steps, and each item's frames (``lengths`` clipped to
+    F; all F without it)."""
+    batch, _, frames = mel.shape
+    steps = frames * config.hop_length // config.n_group
+    if z is None:
+        z = torch.randn((batch, config.n_group, steps), generator=generator,
+                        device=generator.device if generator is not None else "cpu")
+    if tuple(z.shape) != (batch, config.n_group, steps):
+        raise ValueError(f"noise has shape {tuple(z.shape)}, expected "
+                         f"{(batch, config.n_group, steps)}")
+    item_frames = [frames] * batch if lengths is None else \
+        [min(int(n), frames) for n in lengths]
+    return z, steps, item_frames
 
 
 def pack_rows(item_steps: Sequence[int], pad: int, max_rows: int) -> list[list[int]]:
@@ -209,21 +228,10 @@ class FastWaveGlow:
         Samples beyond an item's ``lengths`` are zero (the model leaves its padding's values
         there; neither is part of any item)."""
         c = self.config
-        batch, _, frames = mel.shape
-        steps = frames * c.hop_length // c.n_group
-        if z is None:
-            z = torch.randn((batch, c.n_group, steps), generator=generator,
-                            device=generator.device if generator is not None else "cpu")
-        if tuple(z.shape) != (batch, c.n_group, steps):
-            raise ValueError(f"noise has shape {tuple(z.shape)}, expected "
-                             f"{(batch, c.n_group, steps)}")
+        z, steps, item_frames = noise_and_lengths(c, mel, z, lengths, generator)
         mel = mel.detach().to("cpu", torch.float32)
         z = z.detach().to("cpu", torch.float32)
-        if lengths is None:
-            item_frames = [frames] * batch
-        else:
-            item_frames = [min(int(n), frames) for n in lengths]
-        out = torch.zeros(batch, steps * c.n_group)
+        out = torch.zeros(mel.shape[0], steps * c.n_group)
         for group in self._groups([f * c.hop_length // c.n_group for f in item_frames]):
             audio, spans = self._run(mel, z, sigma, group, item_frames)
             for b, (lo, hi) in zip(group, spans):

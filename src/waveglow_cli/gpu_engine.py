@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fastpath import pack_rows
+from .fastpath import noise_and_lengths, pack_rows
 from .model import WaveGlow, reverse_flows
 
 #: Rows per pass.  The largest, 2^18 rows = 8 pieces of 1024 frames, bounds a pass's memory
@@ -220,16 +220,8 @@ class GpuEngine:
         """(B, M, F) natural-log mel -> (B, F * hop) float32 audio on the engine's device; as
         :meth:`WaveGlow.infer`.  Samples beyond an item's ``lengths`` are zero."""
         c = self.config
-        batch, _, frames = mel.shape
-        steps = frames * c.hop_length // c.n_group
-        if z is None:
-            z = torch.randn((batch, c.n_group, steps), generator=generator,
-                            device=generator.device if generator is not None else "cpu")
-        if tuple(z.shape) != (batch, c.n_group, steps):
-            raise ValueError(f"noise has shape {tuple(z.shape)}, expected "
-                             f"{(batch, c.n_group, steps)}")
-        item_frames = [frames] * batch if lengths is None else \
-            [min(int(n), frames) for n in lengths]
+        batch = mel.shape[0]
+        z, steps, item_frames = noise_and_lengths(c, mel, z, lengths, generator)
         item_steps = [f * c.hop_length // c.n_group for f in item_frames]
         out = torch.zeros(batch, steps * c.n_group, device=self.device)
         for group in self.passes(item_steps):

@@ -150,6 +150,13 @@ class Vocoder:
             self._float32_model = self.checkpoint.build_model(self.device, torch.float32)
         return self._float32_model
 
+    def with_engine(self, engine: Engine) -> Vocoder:
+        """The same checkpoint, mel settings and batching over another engine (another
+        precision of the same weights), with its own denoiser where this one has one."""
+        denoiser = _denoiser_for(engine) if self.denoiser is not None else None
+        return Vocoder(engine, self.checkpoint, self.mel_config, denoiser, self.batch,
+                       path=self.path)
+
     def synthesizer(self, options: SynthesisOptions | None = None,
                     batch: BatchOptions | None = None) -> Synthesizer:
         """A :class:`Synthesizer` over this vocoder's engine (and denoiser)."""

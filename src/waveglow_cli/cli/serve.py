@@ -67,9 +67,10 @@ def serve(
         vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
                                denoise=True, progress=DownloadBar(), engine=engine)
         exact_dtype = pick_dtype(precision, torch_device, 0.0)
-        exact = None if exact_dtype == dtype else load_vocoder(
-            checkpoint, torch_device, exact_dtype, settings=settings, denoise=True,
-            engine=engine)
+        exact = None  # an ONNX export holds no weights: its precision is the file's
+        if exact_dtype != dtype and vocoder.checkpoint.state_dict:
+            exact = vocoder.with_engine(vocoder.checkpoint.engine(
+                torch_device, exact_dtype, engine, settings.compile_cache))
         app = create_app(vocoder, options, exact)
     line = f"serving {checkpoint} on {url_of(host, sock)}"
     # uvicorn re-raises SIGTERM for this handler once it has shut down gracefully: exit 0.

@@ -90,23 +90,26 @@ class AudioStream:
             self.metrics.answered(status)
 
     async def _next(self, gone: asyncio.Future[None]) -> Delivery | None:
-        """The request's next event; None once the client has gone."""
+        """The request's next event (noting when it is the last); None once the client has
+        gone."""
         events = self.job.events
-        if not events.empty():
-            return events.get_nowait()
-        getter = asyncio.ensure_future(events.get())
-        await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            return getter.result()
-        getter.cancel()
-        return None
+        if events.empty():
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                return None
+            event = getter.result()
+        else:
+            event = events.get_nowait()
+        self.finished = event[1]
+        return event
 
     async def _answer(self, send: Send, gone: asyncio.Future[None]) -> int:
         first = await self._next(gone)
         if first is None:
             return CLIENT_GONE
         block, done = first
-        self.finished = done
         if isinstance(block, BaseException):
             return await self._fail(send, block)
         if self.params.format == "flac":
@@ -125,7 +128,6 @@ class AudioStream:
             if event is None:
                 return CLIENT_GONE
             block, done = event
-            self.finished = done
             if isinstance(block, BaseException):
                 return 500  # after the first byte: end the connection mid-body (see above)
             try:
@@ -149,7 +151,6 @@ class AudioStream:
             if event is None:
                 return CLIENT_GONE
             block, done = event
-            self.finished = done
             if isinstance(block, BaseException):
                 return await self._fail(send, block)
             blocks.append(block)

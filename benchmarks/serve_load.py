@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import struct
 import http.client
 import io
 import json
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,6 +50,7 @@ class Sample:
     first_byte: float
     ok: bool
     status: int = 0
+    first_audio: float = float("nan")  # the first byte after the WAV header
 
 
 @dataclass
@@ -79,6 +82,21 @@ def make_mels(count: int, n_mels: int, lo: int, hi: int, seed: int) -> list[np.n
     return mels
 
 
+def wav_audio_offset(head: bytes) -> int | None:
+    """Where the samples start in a WAV stream beginning with ``head`` (after the ``data``
+    chunk's header: 44 bytes for PCM, more with a ``fact`` chunk); None while ``head`` is too
+    short to tell, or is no RIFF/WAVE."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    position = 12
+    while position + 8 <= len(head):
+        chunk, size = head[position:position + 4], struct.unpack_from("<I", head, position + 4)[0]
+        if chunk == b"data":
+            return position + 8
+        position += 8 + size + (size & 1)
+    return None
+
+
 def npy(mel: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, mel)
@@ -93,11 +111,18 @@ def one_request(host: str, port: int, mel: np.ndarray, seed: int) -> Sample:
         conn.request("POST", f"/v1/synthesize?seed={seed}&key=r{seed}.npy", body=body,
                      headers={"content-type": "application/octet-stream"})
         response = conn.getresponse()
-        first = response.read1(65536)
+        head = response.read1(65536)
         first_at = time.perf_counter() - start
+        while (offset := wav_audio_offset(head)) is None or len(head) <= offset:
+            more = response.read1(65536)
+            if not more:
+                break
+            head += more
+        first_audio_at = time.perf_counter() - start
         rest = response.read()
-        ok = response.status == 200 and len(first) + len(rest) > 44
-        return Sample(mel.shape[1], time.perf_counter() - start, first_at, ok, response.status)
+        ok = response.status == 200 and len(head) + len(rest) > 44
+        return Sample(mel.shape[1], time.perf_counter() - start, first_at, ok, response.status,
+                      first_audio_at)
     except (OSError, http.client.HTTPException):
         return Sample(mel.shape[1], time.perf_counter() - start, float("nan"), False)
     finally:
@@ -162,17 +187,21 @@ def summary(results: Results, wall: float, sample_rate: int, hop: int) -> dict[s
         "latency_p99": percentile([s.latency for s in good], 99),
         "first_byte_p50": percentile([s.first_byte for s in good], 50),
         "first_byte_p99": percentile([s.first_byte for s in good], 99),
+        "first_audio_p50": percentile([s.first_audio for s in good], 50),
         "mean_latency": round(statistics.fmean([s.latency for s in good]), 4) if good else None,
     }
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
+def start_server(args: argparse.Namespace, extra: Sequence[str] = ()
+                 ) -> tuple[subprocess.Popen[str], int]:
+    """``waveglow serve`` on a free port of 127.0.0.1 (``args``: checkpoint, device, max_batch,
+    max_wait_ms; ``extra``: more options) once it listens: (process, port)."""
     env = {**os.environ, "WAVEGLOW_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "waveglow_cli", "serve", "-c", args.checkpoint, "--port", "0",
          "--device", args.device, "--max-batch", str(args.max_batch), "--max-wait-ms",
-         str(args.max_wait_ms)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env=env)
+         str(args.max_wait_ms), *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True, env=env)
     stderr = proc.stderr
     assert stderr is not None
     for line in stderr:

@@ -16,6 +16,18 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+# torch.compile's caches (inductor's, Triton's) in a folder of this test process, removed when
+# it ends, never $TMPDIR/torchinductor_$USER or ~/.triton (the commands the tests start inherit
+# it; the library points both at its own cache while it compiles).  Set before torch starts.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="waveglow-tests-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+os.environ["TRITON_CACHE_DIR"] = os.path.join(_INDUCTOR_CACHE, "triton")
+atexit.register(shutil.rmtree, _INDUCTOR_CACHE, True)
+
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -105,6 +117,24 @@ def tiny_checkpoint(tmp_path_factory, tiny_reference):
     """An NVIDIA train.py-style legacy pickle of the tiny reference model."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny_waveglow.pt"
     return save_nvidia_pickle(tiny_reference, path, legacy=True)
+
+
+def read_until_closed(leader: int) -> bytes:
+    """Everything a child writes to the pseudo-terminal whose ``leader`` end this is, until it
+    closes its end (then the leader is closed too)."""
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 1 << 16)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    return shown
 
 
 def run_cli(*args, input=None, env=None, cwd=None):

@@ -41,11 +41,16 @@ def test_one_loader_engine_settings_and_the_fast_path(tiny_checkpoint, vocoder, 
     holds no module) uses a float32 model, so it equals the float32 score."""
     from waveglow_cli import load_vocoder
     from waveglow_cli.engine import EagerEngine
+    from waveglow_cli.fastpath import FastWaveGlow
     from waveglow_cli.settings import Settings
 
     settings = Settings.from_env({"WAVEGLOW_HOME": str(tmp_path), "WAVEGLOW_OFFLINE": "1"})
     exact = load_vocoder(str(tiny_checkpoint), "cpu", settings=settings)
-    assert isinstance(exact.engine, EagerEngine) and exact.engine.model is exact.model
+    assert isinstance(exact.engine, FastWaveGlow)  # float32 on a CPU: the packed fast path
+    eager = load_vocoder(str(tiny_checkpoint), "cpu", settings=settings, engine="eager")
+    assert isinstance(eager.engine, EagerEngine) and eager.engine.model is eager.model
+    mel = torch.randn(TINY["n_mel_channels"], 9, generator=torch.Generator().manual_seed(3)) - 4
+    assert torch.allclose(exact(mel, sigma=0.6, seed=1), eager(mel, sigma=0.6, seed=1), atol=1e-5)
     assert exact.device == torch.device("cpu") and exact.dtype == torch.float32
     assert exact.config.n_mel_channels == TINY["n_mel_channels"] == exact.mel_config.n_mels
     assert exact.denoiser is None

@@ -143,13 +143,18 @@ def test_bucket_planning():
 
 
 def test_engine_kinds(model):
-    """The default choice is unchanged (the GPU engine only when asked for); unknown names
-    are refused."""
+    """On the CPU the default is the packed fast path in fp32 and bf16 (the GPU engine only
+    when asked for); the model itself in other types; unknown names are refused."""
     import copy
 
-    assert ENGINE_KINDS == ("auto", "eager", "gpu", "compiled")
-    assert isinstance(engine_from_float32(model, "cpu", torch.float32), EagerEngine)
-    assert isinstance(engine_from_float32(model, "cpu", torch.bfloat16), FastWaveGlow)
+    assert ENGINE_KINDS == ("auto", "eager", "packed", "gpu", "compiled")
+    for dtype in (torch.float32, torch.bfloat16):
+        for kind in ("auto", "packed"):
+            chosen = engine_from_float32(model, "cpu", dtype, kind)
+            assert isinstance(chosen, FastWaveGlow) and chosen.dtype == dtype
+    assert isinstance(engine_from_float32(model, "cpu", torch.float32, "eager"), EagerEngine)
+    with pytest.raises(ValueError, match="packed engine"):
+        engine_from_float32(model, "cpu", torch.float16, "packed")
     # (The eager engine casts the module it is given: a copy, so the fixture stays float32.)
     eager = engine_from_float32(copy.deepcopy(model), "cpu", torch.bfloat16, "eager")
     assert isinstance(eager, EagerEngine) and eager.dtype == torch.bfloat16
@@ -225,7 +230,8 @@ def test_synth_runs_the_engine_asked_for(tmp_path, tiny_checkpoint):
     for engine in ("auto", "gpu"):
         out = tmp_path / f"{engine}.wav"
         done = run_cli("synth", mel, "-c", tiny_checkpoint, "-o", out, "--seed", "1",
-                       "--subtype", "FLOAT", "--engine", engine, "--device", "cpu")
+                       "--subtype", "FLOAT", "--engine", engine, "--device", "cpu",
+                       "--precision", "fp32")  # (auto is bf16 on a CPU with native bf16)
         assert done.returncode == 0, done.stderr
         audio[engine] = sf.read(out, dtype="float32")[0]
     assert np.abs(audio["gpu"] - audio["auto"]).max() <= 1e-4 * max(1, np.abs(audio["auto"]).max())

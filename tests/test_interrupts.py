@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import TINY
+from conftest import TINY, read_until_closed
 
 N_MELS = TINY["n_mel_channels"]
 ENV = {**os.environ, "WAVEGLOW_OFFLINE": "1"}
@@ -136,25 +136,17 @@ def test_copy_synthesis_default_output_and_progress_of_one_file(tmp_path, tiny_c
     lines = [line for line in r.stderr.decode().splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("written 1,"), r.stderr.decode()
     mel = tmp_path / "long.npy"
-    np.save(mel, np.random.default_rng(5).normal(size=(N_MELS, 400)).astype(np.float32))
+    # Long enough (30 pieces of --max-frames) that the bar redraws while the file is made.
+    np.save(mel, np.random.default_rng(5).normal(size=(N_MELS, 2400)).astype(np.float32))
     leader, follower = pty.openpty()
     proc = subprocess.Popen(cli("synth", mel, "-o", tmp_path / "long.wav", "-c", tiny_checkpoint,
                                 "--max-frames", "100"),
                             stderr=follower, stdin=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
     os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 1 << 16)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    shown = read_until_closed(leader)
     assert proc.wait(timeout=120) == 0
     text = shown.decode(errors="replace")
-    assert "/4.6 s of audio" in text and "0/1 files" in text and "1/1 files" in text
+    assert "/27.9 s of audio" in text and "0/1 files" in text and "1/1 files" in text
     # moved within the file: some seconds produced before it ended
-    produced = {float(s) for s in re.findall(r"([0-9.]+)/4\.6 s of audio", text)}
-    assert any(0 < s < 4.6 for s in produced), text[-2000:]
+    produced = {float(s) for s in re.findall(r"([0-9.]+)/27\.9 s of audio", text)}
+    assert any(0 < s < 27.9 for s in produced), text[-2000:]

@@ -46,6 +46,32 @@ def test_infer_matches_reference(reference_models, layout, old):
             assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
 
 
+@pytest.mark.parametrize("layout", R.LAYOUTS)
+@pytest.mark.parametrize("old", [False, True], ids=["glow", "glow_old"])
+def test_the_default_cpu_engine_matches_the_reference(reference_models, layout, old):
+    """What a float32 checkpoint opened on the CPU runs by default (the packed fast path: other
+    layout, other summation order) is NVIDIA's function to float rounding, at sigma 0 and
+    sampling, batched with masks or not."""
+    from waveglow_cli.checkpoint import Checkpoint
+    from waveglow_cli.fastpath import FastWaveGlow
+
+    ref = reference_models[(layout, old)]
+    ours = ours_from_reference(ref, old)
+    engine = Checkpoint(ours.config, ours.state_dict()).engine("cpu", torch.float32)
+    assert isinstance(engine, FastWaveGlow) and engine.dtype == torch.float32
+    torch.manual_seed(2)
+    mel = torch.randn(2, 4, 11)
+    z = torch.randn(ours.noise_shape(2, 11))
+    with torch.no_grad():
+        for sigma in (0.0, 0.6):
+            expected = ref.infer(mel, sigma=sigma, draw=reference_draws(z, ours.config))
+            got = engine.infer(mel, sigma, z)
+            assert float((got - expected).abs().max()) <= 1e-4 * max(1.0, float(expected.abs().max()))
+            alone = engine.infer(mel[1:, :, :7], sigma, z[1:, :, :7 * 32])[0]
+            batched = engine.infer(mel[:, :, :], sigma, z, torch.tensor([11, 7]))[1, :7 * 256]
+            assert float((alone - batched).abs().max()) <= 1e-5 * max(1.0, float(alone.abs().max()))
+
+
 def test_glow_old_semantics_differ(reference_models):
     """Same tensors, other class: the odd-flow swap must change the output (or the test above
     could pass with the flag ignored)."""

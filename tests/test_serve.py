@@ -34,12 +34,12 @@ MAX_FRAMES = 6000  # the main server's --max-frames-per-request
 class Server:
     """A ``waveglow serve`` subprocess; its stderr is drained (and kept) by a thread."""
 
-    def __init__(self, checkpoint: Path, *args: str) -> None:
+    def __init__(self, checkpoint: Path, *args: str, preexec_fn=None) -> None:
         env = {**os.environ, "WAVEGLOW_OFFLINE": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "waveglow_cli", "serve", "-c", str(checkpoint), "--port", "0",
              "--device", "cpu", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env, text=True)
+            env=env, text=True, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.port = 0

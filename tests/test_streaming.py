@@ -100,14 +100,37 @@ def test_one_item_goes_front_to_back_in_growing_pieces():
 
     pieces = plan_pieces(0, 3000, max_frames=1024, margin=20, first=32)
     cores = [p.end - p.start for p in pieces]
-    assert cores[:6] == [32, 64, 128, 256, 512, 984] and sum(cores) == 3000
+    # 4x larger each time up to the largest that fits (1024 - 2 x 20), the rest in one piece
+    assert cores == [32, 128, 512, 984, 984, 360] and sum(cores) == 3000
     assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
     assert all(p.hi - p.lo <= 1024 for p in pieces)
     assert all(p.lo == max(0, p.start - 20) and p.hi == min(3000, p.end + 20) for p in pieces)
     # Short items too (they would fit one piece): the first audio must come early.
-    assert [p.end - p.start for p in plan_pieces(0, 100, 1024, 20, first=32)] == [32, 64, 4]
+    assert [p.end - p.start for p in plan_pieces(0, 100, 1024, 20, first=32)] == [32, 68]
     assert len(plan_pieces(0, 30, 1024, 20, first=32)) == 1
-    assert len(plan_pieces(0, 1000, 1024, 20)) == 1  # without a first piece: as before
+    assert len(plan_pieces(0, 1000, 1024, 20)) == 1  # without a first piece: whole
+
+
+def test_a_stream_of_nvidias_model_has_few_boundaries():
+    """10 s with the 256-channel model's 100-frame margins: three pieces, the last taking the
+    rest as soon as it fits, so the stream computes 1193 frames for 861 (it was 1661 with
+    pieces doubling from 32); a file is one piece of 861."""
+    from waveglow_cli.synthesis import plan_pieces
+
+    stream = plan_pieces(0, 861, 1024, 100, first=32)
+    assert [(p.start, p.end) for p in stream] == [(0, 32), (32, 160), (160, 861)]
+    assert sum(p.hi - p.lo for p in stream) == 1193
+    assert [(p.lo, p.hi) for p in plan_pieces(0, 861, 1024, 100)] == [(0, 861)]
+
+
+def test_a_long_file_is_cut_into_as_few_pieces_as_the_budget_allows():
+    """The first and last pieces need context on one side only, so they are the longest."""
+    from waveglow_cli.synthesis import plan_pieces
+
+    pieces = plan_pieces(0, 3000, 1024, 100)
+    assert [(p.start, p.end) for p in pieces] == [(0, 924), (924, 1748), (1748, 2572),
+                                                 (2572, 3000)]
+    assert max(p.hi - p.lo for p in pieces) == 1024
 
 
 def test_waves_put_every_items_first_piece_first_and_never_two_of_one_item_together():
@@ -135,7 +158,7 @@ def test_streamed_pieces_join_to_the_whole_synthesis(vocoder):
     mel = _mel(700)
     whole = synthesize(vocoder.engine, mel, SynthesisOptions(sigma=0.6, seed=5), key="a.npy")
     pieces = list(vocoder.stream(mel, sigma=0.6, seed=5, key="a.npy"))
-    assert pieces[0].size == 32 * HOP and len(pieces) >= 4
+    assert pieces[0].size == 32 * HOP and len(pieces) >= 3
     joined = np.concatenate(pieces)
     assert joined.shape == whole.shape == (700 * HOP,)
     np.testing.assert_allclose(joined, whole, atol=1e-5)
@@ -172,7 +195,7 @@ def test_cancelled_items_stop_being_computed(vocoder):
     for key, block, done in runner.stream([("a", _mel(900)), ("b", _mel(900))], cancelled):
         seen[key] += 1
         cancelled.add("a")
-    assert seen["a"] == 1 and seen["b"] > 3
+    assert seen["a"] == 1 and seen["b"] >= 3
 
 
 def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
@@ -195,9 +218,37 @@ def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
     summary = job.run([Item(Path("x.npy"), "x.npy")], [None])
     assert summary.written == 1, summary.results
     assert out.flushes[0] == 44 + 32 * HOP * 2  # the header and the first piece, at once
-    assert len(out.flushes) >= 5 and out.flushes[-1] == len(out.getvalue())
+    assert len(out.flushes) >= 4 and out.flushes[-1] == len(out.getvalue())
     audio, _ = sf.read(io.BytesIO(out.getvalue()), dtype="float32")
     assert audio.size == 600 * HOP
+
+
+def test_a_file_is_made_whole_and_a_stream_in_pieces(vocoder, tmp_path):
+    """One input to a file takes one forward pass of its frames; to standard output the ramp's
+    three (each boundary adds context frames)."""
+    from waveglow_cli.jobs import Item, synthesis_job
+    from waveglow_cli.synthesis import SynthesisOptions
+
+    class Recording:
+        def __init__(self, engine):
+            self.engine, self.frames = engine, []
+            self.config, self.device, self.dtype = engine.config, engine.device, engine.dtype
+
+        def infer(self, mel, sigma, z, lengths=None):
+            self.frames.append(mel.shape[2])
+            return self.engine.infer(mel, sigma, z, lengths)
+
+    mel = _mel(600)
+    for target, stdout, plan in ((tmp_path / "x.wav", None, [600]), (None, io.BytesIO(), None)):
+        recording = Recording(vocoder.engine)
+        job = synthesis_job(vocoder.with_engine(recording), SynthesisOptions(seed=3),
+                            stdout=stdout)
+        job.load = lambda source, name: (mel, [])
+        assert job.run([Item(Path("x.npy"), "x.npy")], [target]).written == 1
+        if plan is not None:
+            assert recording.frames == plan
+        else:
+            assert len(recording.frames) == 3 and recording.frames[0] < 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,15 +263,21 @@ def long_mel(tmp_path_factory):
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
-def test_streamed_stdout_is_byte_identical_to_the_file(tiny_checkpoint, long_mel, tmp_path,
-                                                      subtype):
-    target = tmp_path / "out.wav"
+def test_streamed_stdout_is_byte_identical_to_the_file_with_its_first_piece(
+        tiny_checkpoint, long_mel, tmp_path, subtype):
+    """`-o -` equals `-o f.wav --first-piece 32` byte for byte (the same piece plan); a file
+    by default is made whole, as `--first-piece 0` makes it."""
     args = ["synth", long_mel, "-c", tiny_checkpoint, "--seed", "4", "--subtype", subtype]
-    done = run_cli(*args, "-o", target)
-    assert done.returncode == 0, done.stderr
+    files = {}
+    for name, extra in (("ramp", ["--first-piece", "32"]), ("default", []),
+                        ("whole", ["--first-piece", "0"])):
+        files[name] = tmp_path / f"{name}.wav"
+        done = run_cli(*args, "-o", files[name], *extra)
+        assert done.returncode == 0, done.stderr
     streamed = run_cli(*args, "-o", "-")
     assert streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout == target.read_bytes()
+    assert streamed.stdout == files["ramp"].read_bytes()
+    assert files["default"].read_bytes() == files["whole"].read_bytes()
 
 
 def test_raw_and_flac_to_standard_output(tiny_checkpoint, long_mel, tmp_path):

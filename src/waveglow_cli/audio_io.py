@@ -16,12 +16,14 @@ import pickle
 import re
 import stat
 import tempfile
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
 from .errors import AudioFileError, InputFileError, MelFileError, UsageError
 from .fileio import atomic_write  # noqa: F401 - the writers' entry point, re-exported
+from .fileio import file_kind as _file_kind, open_checked, size_text as _size_text
 # Audio out lives in audio_out; its names stay importable from here.
 from .audio_out import (CLIP_NOTE_FRACTION, STREAM_FORMATS, SUBTYPES, ClipCount,  # noqa: F401
                         StreamEncoder, encode_audio, finalize_audio, output_format, write_audio,
@@ -55,21 +57,6 @@ def sniff(data: bytes) -> str:
 # (2 GiB: a ten-hour 80-mel float32 .npy is 1 GiB).  Anything larger can be a regular file.
 PIPE_LIMIT_BYTES = 2 * 1024**3
 _COPY_CHUNK = 1 << 20
-
-
-def _file_kind(mode: int) -> str:
-    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return what
-    return "not a regular file"
-
-
-def _size_text(n: int) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} bytes"
 
 
 def spool(stream: IO[bytes], name: str, error: type[InputFileError] = InputFileError,
@@ -106,18 +93,9 @@ def open_input(source: str | os.PathLike[str], name: str,
     terminal, a socket, a folder) is refused.  The check is ``fstat`` of what was opened, so a
     path swapped meanwhile gains nothing; it is opened non-blocking, so a FIFO or a device does
     not block the open itself."""
-    flags = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    fd, info = open_checked(source, lambda reason: error(name, reason))
     try:
-        fd = os.open(source, flags)
-    except FileNotFoundError:
-        raise error(name, "no such file") from None
-    except IsADirectoryError:
-        raise error(name, "is a directory") from None
-    except OSError as e:
-        raise error(name, f"cannot read: {e.strerror or e}") from None
-    try:
-        mode = os.fstat(fd).st_mode
+        mode = info.st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise error(name, f"is {_file_kind(mode)}, not a regular file; give a file (or - "
                               "for standard input)")
@@ -445,34 +423,196 @@ def encode_mel(mel: np.ndarray, fmt: str = "npy") -> bytes:
 # Audio in
 
 
-def read_audio(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None = None
-               ) -> tuple[np.ndarray, int]:
+# Decoded audio is bounded by what its header declares, checked before a sample is decoded: a
+# 60 KB WAV declaring 1 Hz was resampled to 5.4 GB, a 657 KB FLAC of an hour of 8-channel
+# silence decoded to 5.1 GB.  Rates outside these bounds are no audio anyone records.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+# The longest audio a whole-file command (mel, copy synthesis, score, compare, plot) reads:
+# one hour, i.e. MAX_AUDIO_SECONDS * the model's rate samples after resampling (79.4 million
+# at 22.05 kHz: 318 MB of float32 mono; decoding itself goes a block at a time).
+MAX_AUDIO_SECONDS = 3600
+# Samples x channels decoded at a time (4 MiB of float32).
+_DECODE_BLOCK_VALUES = 1 << 20
+# libsndfile's "length unknown" (SF_COUNT_MAX) and anything near it says nothing.
+_UNKNOWN_FRAMES = 1 << 62
+_T = TypeVar("_T")
+
+
+def read_audio(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None = None, *,
+               max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
     """Samples as float32 (channels, samples) and the sample rate, from a file, its bytes or an
-    open binary file.  Devices and other special files are refused (see :func:`open_input`)."""
+    open binary file.  Devices and other special files are refused (see :func:`open_input`),
+    and so is, from its header before anything is decoded, a rate outside
+    [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`] or more than ``max_seconds`` of audio.
+    Commands read through :func:`read_mono`, which never holds all channels at once."""
+    return _with_input(source, name, lambda f, label: _read_audio_from(f, label, max_seconds))
+
+
+def read_mono(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None,
+              target_rate: int, *, max_seconds: float = MAX_AUDIO_SECONDS
+              ) -> tuple[np.ndarray, list[str]]:
+    """Audio as float32 mono at ``target_rate``, with notes on what changed (what
+    :func:`read_audio` then :func:`prepare_audio` give, sample for sample), decoded a block at
+    a time: channels are averaged and the rate converted (soxr's HQ filter, as a stream) block
+    by block, so neither all channels nor the source rate's samples exist at once.
+
+    Refused with one line naming the file, from the header before a sample is decoded: a rate
+    outside [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`] or more than ``max_seconds``
+    of audio (a header that under-declares is caught while decoding, at the same bound)."""
+    def decode(f: IO[bytes], label: str) -> tuple[np.ndarray, list[str]]:
+        with _open_sound(f, label) as sound:
+            _check_header(sound, label, max_seconds)
+            return _decode_mono(sound, label, target_rate, max_seconds)
+
+    return _with_input(source, name, decode)
+
+
+def _with_input(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | None,
+                read: Callable[[IO[bytes], str], _T]) -> _T:
+    """``read(open binary file, name)`` on a path (devices refused), bytes or an open file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _read_audio_from(io.BytesIO(bytes(source)), name or "<stdin>")
+        return read(io.BytesIO(bytes(source)), name or "<stdin>")
     if hasattr(source, "read"):
-        return _read_audio_from(source, name or str(getattr(source, "name", "<input>")))  # type: ignore[arg-type]
+        return read(source, name or str(getattr(source, "name", "<input>")))
     name = name or str(source)
     with open_input(source, name, AudioFileError) as f:  # type: ignore[arg-type]
-        return _read_audio_from(f, name)
+        return read(f, name)
 
 
-def _read_audio_from(f: IO[bytes], name: str) -> tuple[np.ndarray, int]:
+def _open_sound(f: IO[bytes], name: str) -> Any:
+    """A soundfile.SoundFile on ``f`` (its header parsed, nothing decoded), or a named error."""
     import soundfile as sf
 
     head = peek(f, name, AudioFileError)
     try:
-        samples, rate = sf.read(f, dtype="float32", always_2d=True)
+        return sf.SoundFile(f)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
-        kind = sniff(head)
-        what = {"html": "an HTML page", "npy": "a .npy array", "torch": "a torch file"}.get(kind)
-        reason = f"is {what}, not audio" if what else \
-            f"not a readable audio file ({_soundfile_reason(e)})"
-        raise AudioFileError(name, reason) from None
-    if samples.shape[0] == 0:
+        raise _not_audio(name, head, e) from None
+
+
+def _not_audio(name: str, head: bytes, error: Exception) -> AudioFileError:
+    kind = sniff(head)
+    what = {"html": "an HTML page", "npy": "a .npy array", "torch": "a torch file"}.get(kind)
+    return AudioFileError(name, f"is {what}, not audio" if what else
+                          f"not a readable audio file ({_soundfile_reason(error)})")
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds:.4g} s"
+
+
+def _check_header(sound: Any, name: str, max_seconds: float) -> None:
+    """Refuse, from the header alone, a rate no audio has or more than ``max_seconds``."""
+    rate, frames = int(sound.samplerate), int(sound.frames)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioFileError(name, f"declares a sample rate of {rate} Hz; audio from "
+                                   f"{MIN_SAMPLE_RATE // 1000} kHz to "
+                                   f"{MAX_SAMPLE_RATE // 1000} kHz is accepted")
+    if sound.channels < 1:
+        raise AudioFileError(name, f"declares {sound.channels} channels")
+    if frames < _UNKNOWN_FRAMES and frames > max_seconds * rate:
+        raise AudioFileError(name, f"lasts {_duration_text(frames / rate)} ({frames} frames at "
+                                   f"{rate} Hz); at most {_duration_text(max_seconds)} of audio "
+                                   "is read at once")
+
+
+def _read_audio_from(f: IO[bytes], name: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    with _open_sound(f, name) as sound:
+        _check_header(sound, name, max_seconds)
+        rate, channels = int(sound.samplerate), int(sound.channels)
+        # All channels at the file's rate are kept here: at most 1 GiB of float32.
+        limit = min(int(max_seconds * rate), _MAX_DECODED_VALUES // channels)
+        if limit < sound.frames < _UNKNOWN_FRAMES:
+            raise AudioFileError(name, f"{sound.frames} frames x {channels} channels are more "
+                                       "than is decoded at once")
+        blocks, total = [], 0
+        while True:
+            try:
+                block = sound.read(min(limit + 1 - total, _DECODE_BLOCK_VALUES // channels + 1),
+                                   dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+                raise AudioFileError(name, "not a readable audio file "
+                                           f"({_soundfile_reason(e)})") from None
+            if block.shape[0] == 0:
+                break
+            blocks.append(block)
+            total += block.shape[0]
+            if total > limit:
+                raise AudioFileError(name, "holds more than its header declares, beyond "
+                                           f"{_duration_text(max_seconds)} of audio")
+    if total == 0:
         raise AudioFileError(name, "audio has zero samples")
-    return np.ascontiguousarray(samples.T), int(rate)
+    return np.ascontiguousarray(np.concatenate(blocks).T), rate
+
+
+# read_audio keeps every channel at the file's rate: at most this many values (1 GiB).
+_MAX_DECODED_VALUES = 1 << 28
+
+
+class _MonoBuffer:
+    """Float32 samples appended block by block into one array, never beyond ``limit``."""
+
+    def __init__(self, expected: int, limit: int, name: str, max_seconds: float) -> None:
+        self.data = np.empty(max(0, min(expected, limit)), dtype=np.float32)
+        self.size, self.limit, self.name, self.max_seconds = 0, limit, name, max_seconds
+
+    def append(self, block: np.ndarray) -> None:
+        if not np.isfinite(block).all():
+            raise AudioFileError(self.name, "audio contains NaN or infinite samples")
+        end = self.size + block.size
+        if end > self.limit:
+            raise AudioFileError(self.name, "holds more than its header declares, beyond "
+                                            f"{_duration_text(self.max_seconds)} of audio")
+        if end > self.data.size:
+            grown = np.empty(min(self.limit, max(end, self.data.size * 3 // 2 + (1 << 16))),
+                             dtype=np.float32)
+            grown[:self.size] = self.data[:self.size]
+            self.data = grown
+        self.data[self.size:end] = block
+        self.size = end
+
+    def result(self) -> np.ndarray:
+        if self.size == 0:
+            raise AudioFileError(self.name, "audio has zero samples")
+        if self.size >= self.data.size - self.data.size // 8:
+            return self.data[:self.size]
+        return self.data[:self.size].copy()  # the header over-declared: give the rest back
+
+
+def _decode_mono(sound: Any, name: str, target_rate: int, max_seconds: float
+                 ) -> tuple[np.ndarray, list[str]]:
+    import soundfile as sf
+
+    rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
+    notes = []
+    if channels > 1:
+        notes.append(f"{name}: {channels} channels averaged to mono")
+    stream = None
+    if rate != target_rate:
+        import soxr
+
+        notes.append(f"{name}: resampled from {rate} Hz to {target_rate} Hz")
+        stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+    ratio = target_rate / rate
+    expected = math.ceil(frames * ratio) + 1 if frames < _UNKNOWN_FRAMES else 1 << 20
+    out = _MonoBuffer(expected, math.ceil(max_seconds * target_rate) + 1, name, max_seconds)
+    block_frames = max(1, _DECODE_BLOCK_VALUES // max(channels, math.ceil(ratio)))
+    while True:
+        try:
+            block = sound.read(block_frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+            raise AudioFileError(name, "not a readable audio file "
+                                       f"({_soundfile_reason(e)})") from None
+        if block.shape[0] == 0:
+            break
+        # (channels, frames) then the mean over axis 0: the very arithmetic of prepare_audio.
+        mono = block[:, 0] if channels == 1 else np.ascontiguousarray(block.T).mean(axis=0)
+        out.append(mono if stream is None else stream.resample_chunk(mono))
+    if stream is not None:
+        out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return out.result(), notes
 
 
 # What soundfile puts in its messages for an open file: "<_io.BytesIO object at 0x7f..>",
@@ -498,6 +638,12 @@ def prepare_audio(samples: np.ndarray, rate: int, target_rate: int, name: str
     beyond [-1, 1] (float files) are kept as they are: the mel is defined for them."""
     notes = []
     samples = np.asarray(samples, dtype=np.float32)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE \
+            or samples.shape[-1] * target_rate / rate > MAX_AUDIO_SECONDS * target_rate:
+        raise AudioFileError(name, f"{samples.shape[-1]} samples at {rate} Hz are refused: "
+                                   f"audio from {MIN_SAMPLE_RATE // 1000} to "
+                                   f"{MAX_SAMPLE_RATE // 1000} kHz and at most "
+                                   f"{_duration_text(MAX_AUDIO_SECONDS)} is accepted")
     if samples.ndim == 2 and samples.shape[0] > 1:
         notes.append(f"{name}: {samples.shape[0]} channels averaged to mono")
         mono = samples.mean(axis=0)

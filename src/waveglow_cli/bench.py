@@ -32,6 +32,7 @@ from .engine import Engine, as_engine
 from .fastpath import FastWaveGlow
 from .gpu_engine import GpuEngine
 from .model import WaveGlow, WaveGlowConfig
+from .progress import StatusCallback, report_step
 
 #: A reference implementation to time beside ours: (mel (B, M, F), noise (B, G, T), sigma) ->
 #: audio (B, F * hop), both inputs float32 on the CPU (see ``benchmarks/baseline.py``).
@@ -202,8 +203,12 @@ def engine_path(engine: Engine) -> str:
     return "model (Conv1d)"
 
 
-def _timer(device: torch.device, work: Callable[[], object]) -> Callable[[], float]:
-    def once() -> float:
+def _timer(device: torch.device, work: Callable[[], object],
+           status: StatusCallback | None = None, what: str = "run") -> Callable[[int, int], float]:
+    """``once(i, n)`` times ``work`` once, telling ``status`` it is ``what`` i of n first."""
+
+    def once(index: int, count: int) -> float:
+        report_step(status, f"{what} {index + 1} of {count}")
         _sync(device)
         start = time.perf_counter()
         work()
@@ -225,13 +230,15 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions,
-              checkpoint: str = RANDOM_CHECKPOINT, reference: Reference | None = None) -> dict:
+              checkpoint: str = RANDOM_CHECKPOINT, reference: Reference | None = None,
+              status: StatusCallback | None = None) -> dict:
     """Time synthesis of ``batch_size`` synthetic mels of ``seconds`` each; see the module doc.
     A WaveGlow is wrapped as :class:`~waveglow_cli.synthesis.Synthesizer` does.  With a
     ``reference`` (:func:`baseline_reference`) it is timed in the same run on the same mels
     and noise, after ours (the same warm-up and repeats), and reported under ``baseline``
     with its time and the SNR of our audio against its.  (Its weights are on the device
-    during our runs, so on a GPU our peak memory includes them.)"""
+    during our runs, so on a GPU our peak memory includes them.)  Each step (warm-up, run i
+    of n, the matmul peak, the reference's runs) is reported to ``status`` as it starts."""
     from .synthesis import BatchOptions, SynthesisOptions, Synthesizer, item_noise
 
     engine = as_engine(engine)
@@ -251,11 +258,15 @@ def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions
                 raise audio
             outputs[key] = audio
 
-    once = _timer(device, ours)
+    seconds = f"{options.batch_size} x {frames * config.hop_length / sample_rate:.1f} s"
+    warm_up = _timer(device, ours, status, f"warm-up ({seconds}, not timed): run")
+    timed = _timer(device, ours, status, f"timing {seconds}: run")
     _reset_peak(device)
-    first = [once() for _ in range(options.warmup)]
-    times = [once() for _ in range(options.repeats)]
+    first = [warm_up(i, options.warmup) for i in range(options.warmup)]
+    times = [timed(i, options.repeats) for i in range(options.repeats)]
     memory, memory_kind = _peak_memory(device)
+    report_step(status, f"measuring the {precision_name(engine.dtype)} matmul peak "
+                        f"({options.peak_seconds:g} s)")
     result = _speed_record(engine, sample_rate, options, checkpoint, frames, times)
     result.update(first_run_seconds=first[0] if first else None, peak_memory_mib=memory,
                   memory_kind=memory_kind)
@@ -263,7 +274,7 @@ def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions
         mel = torch.stack([torch.from_numpy(m) for _, m in mels])
         z = torch.stack([item_noise(config, frames, 0, key) for key, _ in mels])
         result["baseline"] = _bench_reference(reference, mel, z, options, device, result,
-                                              outputs["bench0"])
+                                              outputs["bench0"], status)
     return result
 
 
@@ -300,16 +311,22 @@ def _speed_record(engine: Engine, sample_rate: int, options: BenchOptions, check
 
 
 def _bench_reference(reference: Reference, mel: Tensor, z: Tensor, options: BenchOptions,
-                     device: torch.device, ours: dict, our_audio: np.ndarray) -> dict:
+                     device: torch.device, ours: dict, our_audio: np.ndarray,
+                     status: StatusCallback | None = None) -> dict:
     """Time ``reference`` on the bench's batch (after the same warm-up) and compare."""
     from .quality import snr_db
 
     audio: list[Tensor] = []
-    once = _timer(device, lambda: audio.append(reference(mel, z, options.sigma)))
+
+    def work() -> None:
+        audio.append(reference(mel, z, options.sigma))
+
+    warm_up = _timer(device, work, status, "reference (baseline) warm-up: run")
+    timed = _timer(device, work, status, "timing the reference (baseline): run")
     _reset_peak(device)
-    for _ in range(options.warmup):
-        once()
-    times = [once() for _ in range(options.repeats)]
+    for i in range(options.warmup):
+        warm_up(i, options.warmup)
+    times = [timed(i, options.repeats) for i in range(options.repeats)]
     memory, memory_kind = _peak_memory(device)
     seconds_per_run = statistics.median(times)
     samples = z.numel()  # B x G x T: every item's frames x hop samples

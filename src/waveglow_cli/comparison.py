@@ -15,6 +15,12 @@ this compares copy synthesis and mel conversions, whose output is aligned with t
 * ``f0_rmse_hz`` (over frames voiced in both) and ``voicing_error`` (share of frames whose
   voiced/unvoiced decision differs), from librosa's probabilistic YIN (``pyin``, 50-600 Hz);
 * ``loudness_diff_db``: RMS level of the generated signal minus the reference's, dB.
+
+Every metric is finite or the pair fails: a file whose mel is not finite (float samples so
+loud that the spectrum overflows float32, 1e30) is one error naming it, never a ``nan`` row.
+Long files are read a block at a time and analysed a block of frames at a time (pitch in
+pieces of :data:`PITCH_BLOCK_FRAMES` frames, each decoded on its own), so memory grows with
+the audio itself, not with its spectra.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio
+from .audio_io import AUDIO_SUFFIXES, read_mono
 from .errors import AudioFileError, UsageError
-from .mel import MelConfig, mel_spectrogram
-from .quality import log_mel_distance
+from .mel import MelConfig, log_mel_frames
 
 __all__ = ["PairResult", "compare_files", "compare_signals", "mel_cepstral_distortion",
            "pair_inputs", "summarise"]
@@ -81,13 +87,49 @@ def mel_cepstral_distortion(ref_log_mel: np.ndarray, gen_log_mel: np.ndarray,
     return float(per_frame.mean())
 
 
+# pyin holds several arrays per frame (~2.5 MB per second of audio): it runs on pieces of at
+# most this many frames (95 s), each frame analysed from its own samples of the padded signal,
+# as in one run.  Only the HMM's smoothing restarts at a piece boundary; audio up to one piece
+# long gives exactly what a single pyin run gives.
+PITCH_BLOCK_FRAMES = 8192
+
+
 def _pitch(audio: np.ndarray, config: MelConfig) -> tuple[np.ndarray, np.ndarray]:
     import librosa
 
-    f0, voiced, _ = librosa.pyin(audio, fmin=F0_RANGE_HZ[0], fmax=F0_RANGE_HZ[1],
-                                 sr=config.sample_rate, frame_length=config.n_fft,
-                                 hop_length=config.hop_length)
-    return np.nan_to_num(f0), voiced.astype(bool)
+    frame, hop = config.n_fft, config.hop_length
+    frames = 1 + audio.size // hop
+    if frames <= PITCH_BLOCK_FRAMES:
+        f0, voiced, _ = librosa.pyin(audio, fmin=F0_RANGE_HZ[0], fmax=F0_RANGE_HZ[1],
+                                     sr=config.sample_rate, frame_length=frame,
+                                     hop_length=hop)
+        return np.nan_to_num(f0), voiced.astype(bool)
+    pieces_f0, pieces_voiced = [], []
+    for lo in range(0, frames, PITCH_BLOCK_FRAMES):
+        hi = min(frames, lo + PITCH_BLOCK_FRAMES)
+        # pyin's centring pads with zeros by frame // 2: frame t covers padded samples
+        # [t * hop, t * hop + frame), i.e. these samples of the signal.
+        start, stop = lo * hop - frame // 2, (hi - 1) * hop + frame - frame // 2
+        piece = np.zeros(stop - start, dtype=audio.dtype)
+        piece[max(0, -start):piece.size - max(0, stop - audio.size)] = \
+            audio[max(0, start):min(audio.size, stop)]
+        f0, voiced, _ = librosa.pyin(piece, fmin=F0_RANGE_HZ[0], fmax=F0_RANGE_HZ[1],
+                                     sr=config.sample_rate, frame_length=frame,
+                                     hop_length=hop, center=False)
+        pieces_f0.append(np.nan_to_num(f0))
+        pieces_voiced.append(voiced.astype(bool))
+    return np.concatenate(pieces_f0), np.concatenate(pieces_voiced)
+
+
+def _finite_log_mel(audio: np.ndarray, config: MelConfig, name: str) -> np.ndarray:
+    """The log mel of one signal, refused (naming it) when not finite: float samples beyond
+    ~1e16 overflow float32 in the spectrum, and every distance to it would be nan."""
+    mel = log_mel_frames(audio, config)
+    if not np.isfinite(mel).all():
+        peak = float(np.max(np.abs(audio)))
+        raise AudioFileError(name, f"its mel spectrogram is not finite (samples up to "
+                                   f"{peak:.3g} overflow the analysis); it cannot be compared")
+    return mel
 
 
 def _level_db(audio: np.ndarray) -> float:
@@ -96,50 +138,54 @@ def _level_db(audio: np.ndarray) -> float:
 
 
 def compare_signals(reference: np.ndarray, generated: np.ndarray, config: MelConfig | None = None,
-                    *, f0: bool = True) -> dict[str, float | None]:
+                    *, f0: bool = True, names: tuple[str, str] = ("reference", "generated")
+                    ) -> dict[str, float | None]:
     """The metrics of two mono float signals at ``config``'s sample rate, over the samples
     both have (the longer is cut).  ``f0=False`` leaves out the pitch metrics (None): pyin is
-    the slow part (about 0.4 s per second of audio)."""
+    the slow part (about 0.4 s per second of audio).  A signal whose mel is not finite is an
+    :class:`AudioFileError` under its name in ``names``; every metric returned is finite."""
     config = config or MelConfig()
     n = min(reference.size, generated.size)
     if n <= config.n_fft // 2:
         raise ValueError(f"{n} common samples; at least {config.n_fft // 2 + 1} are needed")
     ref, gen = reference[:n], generated[:n]
-    ref_mel = mel_spectrogram(ref, config)[0].numpy()
-    gen_mel = ref_mel if np.array_equal(ref, gen) else mel_spectrogram(gen, config)[0].numpy()
+    same = np.array_equal(ref, gen)
+    ref_mel = _finite_log_mel(ref, config, names[0])
+    gen_mel = ref_mel if same else _finite_log_mel(gen, config, names[1])
+    # quality.log_mel_distance's arithmetic, on the mels already computed.
+    distance = float(torch.mean(torch.abs(torch.from_numpy(ref_mel) - torch.from_numpy(gen_mel))))
     result: dict[str, float | None] = {
-        "log_mel_distance": log_mel_distance(ref, gen, config),
+        "log_mel_distance": distance,
         "mcd_db": mel_cepstral_distortion(ref_mel, gen_mel),
         "f0_rmse_hz": None, "voicing_error": None,
         "loudness_diff_db": _level_db(gen) - _level_db(ref)}
     if f0:
         ref_f0, ref_voiced = _pitch(ref, config)
-        gen_f0, gen_voiced = (ref_f0, ref_voiced) if gen_mel is ref_mel else _pitch(gen, config)
+        gen_f0, gen_voiced = (ref_f0, ref_voiced) if same else _pitch(gen, config)
         both = ref_voiced & gen_voiced
         result["voicing_error"] = float(np.mean(ref_voiced != gen_voiced))
         if both.any():
             result["f0_rmse_hz"] = float(np.sqrt(np.mean((ref_f0[both] - gen_f0[both]) ** 2)))
+    bad = [key for key, value in result.items() if value is not None and not math.isfinite(value)]
+    if bad:  # cannot happen for finite mels; a nan must never reach a report
+        raise AudioFileError(f"{names[0]} vs {names[1]}",
+                             f"{', '.join(bad)} not finite; the pair cannot be compared")
     return result
-
-
-def _read_mono(path: Path, name: str, sample_rate: int) -> np.ndarray:
-    samples, rate = read_audio(path, name)
-    mono, _ = prepare_audio(samples, rate, sample_rate, name)
-    return mono
 
 
 def compare_files(key: str, reference: Path, generated: Path, config: MelConfig | None = None,
                   *, f0: bool = True) -> PairResult:
     """Read both files (any rate or channel count: mixed to mono, resampled) and compare
-    them; an unreadable or too short file is an :class:`AudioFileError` naming it."""
+    them; an unreadable, too short or too loud file is an :class:`AudioFileError` naming
+    it."""
     config = config or MelConfig()
-    ref = _read_mono(reference, str(reference), config.sample_rate)
-    gen = _read_mono(generated, str(generated), config.sample_rate)
+    ref, _ = read_mono(reference, str(reference), config.sample_rate)
+    gen, _ = read_mono(generated, str(generated), config.sample_rate)
     for audio, path in ((ref, reference), (gen, generated)):
         if audio.size <= config.n_fft // 2:
             raise AudioFileError(str(path), f"audio has {audio.size} samples; at least "
                                             f"{config.n_fft // 2 + 1} are needed to compare")
-    metrics = compare_signals(ref, gen, config, f0=f0)
+    metrics = compare_signals(ref, gen, config, f0=f0, names=(str(reference), str(generated)))
     rate = config.sample_rate
     return PairResult(key, str(reference), str(generated), min(ref.size, gen.size) / rate,
                       (gen.size - ref.size) / rate, **metrics)  # type: ignore[arg-type]

@@ -77,28 +77,38 @@ def as_engine(model: Engine | WaveGlow) -> Engine:
     return EagerEngine(model)
 
 
-#: The engines one can ask for by name (``waveglow bench --engine``): ``auto`` is the default
-#: choice below; ``eager`` the model itself; ``gpu`` the packed-row engine; ``compiled`` the same
-#: with ``torch.compile``.
-ENGINE_KINDS = ("auto", "eager", "gpu", "compiled")
+#: The engines one can ask for by name (``synth``/``serve``/``bench --engine``): ``auto`` is
+#: the default choice below; ``eager`` the model itself; ``packed`` the CPU fast path (rows of
+#: matrix products, float32 or bfloat16); ``gpu`` the packed-row engine for any device;
+#: ``compiled`` the same with ``torch.compile``.
+ENGINE_KINDS = ("auto", "eager", "packed", "gpu", "compiled")
 
 
 def engine_from_float32(model: WaveGlow, device: str | torch.device, dtype: torch.dtype,
                         kind: str = "auto", cache_dir: Path | None = None) -> Engine:
     """The engine for ``model`` (float32 weights, on the CPU) on ``device`` in ``dtype``,
-    chosen here once.  ``auto``: bfloat16 on the CPU is the fast path, folded from the float32
-    weights (so its 1x1 inverses stay float32); anything else is the model itself, cast and
-    moved (the GPU engine is not the default until a GPU has measured it).  ``gpu`` and
-    ``compiled`` are :class:`~waveglow_cli.gpu_engine.GpuEngine` (on any device), the latter
-    with ``torch.compile`` and its cache under ``cache_dir``; ``eager`` is always the model."""
+    chosen here once.  ``auto``: on the CPU, float32 and bfloat16 are the packed fast path
+    (:class:`~waveglow_cli.fastpath.FastWaveGlow`, folded from the float32 weights, so its 1x1
+    inverses stay float32; in float32 it equals the model to float rounding and measured 1.7x
+    its speed on the 256-channel model, see ``docs/benchmarks.md``); anything else is the
+    model itself, cast and moved (the GPU engine is not the default until a GPU has measured
+    it).  ``packed`` is the fast path (CPU only); ``gpu`` and ``compiled`` are
+    :class:`~waveglow_cli.gpu_engine.GpuEngine` (on any device), the latter with
+    ``torch.compile`` and its cache under ``cache_dir``; ``eager`` is always the model."""
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}; use {', '.join(ENGINE_KINDS)}")
     if kind in ("gpu", "compiled"):
         from .gpu_engine import GpuEngine
 
         return GpuEngine(model, device, dtype, compile=kind == "compiled", cache_dir=cache_dir)
-    if kind == "auto" and torch.device(device).type == "cpu" and dtype == torch.bfloat16:
-        return FastWaveGlow(model)
+    on_cpu = torch.device(device).type == "cpu"
+    config = model.config
+    packable = dtype in (torch.float32, torch.bfloat16) and config.hop_length % config.n_group == 0
+    if kind == "packed" and not (on_cpu and packable):
+        raise ValueError("the packed engine runs on the CPU in fp32 or bf16, for a hop of whole "
+                         "groups; use --engine eager or gpu for this one")
+    if kind in ("auto", "packed") and on_cpu and packable:
+        return FastWaveGlow(model, dtype=dtype)
     return EagerEngine(model.to(device=device, dtype=dtype))
 
 

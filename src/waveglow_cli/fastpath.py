@@ -139,6 +139,49 @@ def pack_rows(item_steps: Sequence[int], pad: int, max_rows: int) -> list[list[i
     return groups
 
 
+class RowUpsampler:
+    """The model's transposed-convolution upsampler, written straight into conditioning rows:
+    ``cond[t, m G + j] = up[m, t G + j]`` for (M, F) float32 mels (whole groups per frame).
+
+    Frame f adds ``mel[:, f] @ W[:, :, k]`` to sample ``hop f + k`` for k in [0, kernel): with
+    k = hop q + r, that is frame row f + q of the output at offset r.  So the output, one row
+    of ``hop x M`` values per frame, is the bias plus ``Q = ceil(kernel / hop)`` matrix products
+    ``rows[q:] += mel.T[:F - q] @ W_q``, each accumulating in place; ordering W_q's columns as
+    (step in frame, mel, sample in group) makes each frame row the conditioning rows of its
+    ``hop / G`` grouped steps, so no transpose follows.  Float32 throughout (ATen's
+    ConvTranspose1d on the CPU is very slow; this is a few matrix products)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor, hop: int, n_group: int,
+                 device: torch.device | str = "cpu") -> None:
+        m_in, m, kernel = weight.shape                      # (M in, M out, K)
+        if hop % n_group:
+            raise ValueError(f"hop {hop} is not a whole number of groups of {n_group}")
+        self.hop, self.n_group, self.m = hop, n_group, m
+        self.quarters = -(-kernel // hop)
+        w = torch.zeros(m_in, m, self.quarters * hop, dtype=torch.float32)
+        w[:, :, :kernel] = weight.detach().float().cpu()
+        # (M in, M, Q, hop / G steps, G) -> (Q, M in, steps, M, G): columns (step, mel, j)
+        w = w.view(m_in, m, self.quarters, hop // n_group, n_group).permute(2, 0, 3, 1, 4)
+        self.weights = w.reshape(self.quarters, m_in, hop * m).contiguous().to(device)
+        bias_rows = bias.detach().float().cpu().repeat_interleave(n_group)  # [m G + j] = b[m]
+        self.bias_frame = bias_rows.repeat(hop // n_group).to(device)      # one frame row
+
+    def __call__(self, mel: Tensor, out: Tensor, block_frames: int = 256) -> None:
+        """Write the conditioning rows of the (M, F) mel into ``out`` (F hop / G, M G), a
+        block of frames at a time (bounded temporaries)."""
+        frames = mel.size(1)
+        steps_per_frame = self.hop // self.n_group
+        mel_t = mel.t().contiguous()                                       # (F, M in)
+        for f0 in range(0, frames, block_frames):
+            f1 = min(frames, f0 + block_frames)
+            rows = self.bias_frame.expand(f1 - f0, -1).clone()             # (frames, hop M)
+            for q in range(self.quarters):
+                lo, hi = max(0, f0 - q), f1 - q   # source frames landing in rows [f0, f1)
+                if hi > lo:
+                    rows[lo + q - f0:hi + q - f0].addmm_(mel_t[lo:hi], self.weights[q])
+            out[f0 * steps_per_frame:f1 * steps_per_frame] = rows.view(-1, self.m * self.n_group)
+
+
 class FastWaveGlow:
     """Inference of ``model`` in (time, channels) layout; see the module docstring.
 
@@ -162,9 +205,8 @@ class FastWaveGlow:
         self.pad = max(1, half * self.dilations[-1])   # zero rows between packed items
         self.n_cond = config.n_mel_channels * config.n_group
         self.in_width = self.taps * c + self.n_cond
-        w = model.upsample.weight.detach().float().cpu()                 # (M in, M out, K)
-        self.upsample_wr = w.permute(0, 2, 1).reshape(w.size(0), -1).contiguous()  # (M, K M)
-        self.upsample_b = model.upsample.bias.detach().float().cpu()
+        self.upsample = RowUpsampler(model.upsample.weight, model.upsample.bias,
+                                     config.hop_length, config.n_group)
         self.flows = [self._fold(model, k) for k in range(config.n_flows)]
 
     # -- weights -----------------------------------------------------------------------------
@@ -186,27 +228,26 @@ class FastWaveGlow:
         scale[c:] = 0.5                                    # sigmoid(b) = (1 + tanh(b / 2)) / 2
         layers = []
         for i in range(n_layers):
-            w_in = wn.in_layers[i].weight.detach().cpu()   # (2C, C, K)
+            w_in = f32(wn.in_layers[i].weight)             # (2C, C, K)
             rows = slice(2 * c * i, 2 * c * (i + 1))
             # Column blocks in the order of the left matrix: tap j sees x(t + (j - K//2) d).
-            weight = torch.empty(2 * c, self.in_width, dtype=self.dtype)
-            for j in range(self.taps):
-                weight[:, j * c:(j + 1) * c] = w_in[:, :, j]
-            weight[:, self.taps * c:] = cond_w[rows]
+            weight = torch.cat([w_in.permute(0, 2, 1).reshape(2 * c, self.taps * c),
+                                cond_w[rows].float()], 1)
             weight[c:] *= 0.5                              # exact: a power of two
             bias = (f32(wn.in_layers[i].bias) + cond_b[rows]) * scale
             gate = _Linear(weight, bias, self.dtype, "tanh", self.use_onednn)
-            w_rs = f64(wn.res_skip_layers[i].weight)[:, :, 0]
+            w_rs = f32(wn.res_skip_layers[i].weight)[:, :, 0]
             b_rs = f64(wn.res_skip_layers[i].bias)
+            # The skip branch folded into the end layer, in float64 (small: 2 n_half x C).
             if i < n_layers - 1:
-                w_skip, b_skip = w_rs[c:], b_rs[c:]
-                w_out = torch.cat([w_rs[:c], end_w @ w_skip], 0)
+                b_skip = b_rs[c:]
+                w_out = torch.cat([w_rs[:c], (end_w @ w_rs[c:].double()).float()], 0)
                 b_out = torch.cat([b_rs[:c], torch.zeros(end_w.size(0), dtype=torch.float64)])
             else:
-                w_skip, b_skip = w_rs, b_rs
-                w_out, b_out = end_w @ w_skip, None
+                b_skip = b_rs
+                w_out, b_out = (end_w @ w_rs.double()).float(), None
             end_b += end_w @ b_skip
-            # The gate above computes 2 x tanh(a) sigmoid(b): halve it here.
+            # The gate above computes 2 x tanh(a) sigmoid(b): halve it here (exact).
             res_skip = _Linear(w_out * 0.5, b_out, self.dtype, "none", self.use_onednn)
             layers.append(_Layer(gate, res_skip))
         # The cached inverse: made from the float32 weights before any cast (see Invertible1x1Conv).
@@ -238,28 +279,6 @@ class FastWaveGlow:
                 out[b, :(hi - lo) * c.n_group] = audio[lo:hi].reshape(-1)
         return out
 
-    def upsample_rows(self, mel: Tensor, steps: int) -> Tensor:
-        """(M, F) mel -> (steps, M G) conditioning rows, ``cond[t, m G + j] = up[m, t G + j]``.
-
-        The transposed convolution (stride hop, kernel K) as matrix products and an overlap-add:
-        frame f adds ``mel[:, f] @ W`` (M x K M) to samples [hop f, hop f + K).  Done in blocks of
-        frames to bound memory; float32 (ATen's ConvTranspose1d on the CPU is very slow)."""
-        c = self.config
-        hop, kernel, m = c.hop_length, c.upsample_kernel, c.n_mel_channels
-        frames = mel.size(1)
-        quarters = -(-kernel // hop)
-        n_samples = steps * c.n_group
-        up = self.upsample_b.repeat((frames + quarters) * hop, 1)          # (samples, M)
-        block = max(1, (1 << 22) // (kernel * m))
-        for f0 in range(0, frames, block):
-            f1 = min(frames, f0 + block)
-            y = (mel[:, f0:f1].t() @ self.upsample_wr).view(f1 - f0, kernel, m)
-            for q in range(quarters):
-                lo, hi = q * hop, min(kernel, (q + 1) * hop)
-                target = up[f0 * hop + lo:f1 * hop + lo].view(f1 - f0, hop, m)[:, :hi - lo]
-                target += y[:, lo:hi]
-        return up[:n_samples].view(steps, c.n_group, m).transpose(1, 2).reshape(steps, -1)
-
     def _run(self, mel: Tensor, z: Tensor, sigma: float, group: list[int],
              item_frames: list[int]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Synthesise the items ``group`` packed as rows; returns (rows (R, G), item spans)."""
@@ -277,7 +296,7 @@ class FastWaveGlow:
         # centre tap *is* the residual stream x; the mel columns are written once.
         left = torch.zeros(n_rows, self.in_width, dtype=self.dtype)
         for b, (lo, hi) in zip(group, spans):
-            left[lo:hi, self.taps * ch:] = self.upsample_rows(mel[b, :, :item_frames[b]], hi - lo)
+            self.upsample(mel[b, :, :item_frames[b]], left[lo:hi, self.taps * ch:])
 
         def rows_of(noise: Tensor) -> Tensor:
             """(B, n, T) noise -> (R, n) rows of the group (zeros in the gaps)."""

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputExistsError, OutputWriteError, WaveGlowError
+from .errors import OutputExistsError, OutputWriteError, UsageError, WaveGlowError
 
 PART_SUFFIX = ".part"
 
@@ -347,6 +347,116 @@ def _rename_noreplace(tmp: Path, target: Path) -> bool:
     raise OSError(code, os.strerror(code), str(target))
 
 
+# ---------------------------------------------------------------------------------------------
+# Side files: small files read whole (a mel convention, mel statistics, a registry)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message: 'a character device', 'a FIFO' ..."""
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def size_text(n: int) -> str:
+    """A byte count for a message: '64 KiB', '1.5 GiB', '12 bytes'."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+#: How every input is opened: read only, never blocking on a FIFO with no writer or a device,
+#: never becoming the controlling terminal, closed in children.
+READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+              | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def open_checked(path: str | os.PathLike[str],
+                 refuse: Callable[[str], Exception] | None = None
+                 ) -> tuple[int, os.stat_result]:
+    """A descriptor of ``path`` opened with :data:`READ_FLAGS`, and ``fstat`` of it: what was
+    opened is what the caller checks (a name swapped meanwhile gains nothing).  The caller owns
+    (and closes) the descriptor.  A failure to open is raised as ``refuse(reason)`` ("no such
+    file", "is a directory", "cannot read: ..."), or as the system's OSError without it."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError as e:
+        if refuse is None:
+            raise
+        if isinstance(e, FileNotFoundError):
+            raise refuse("no such file") from None
+        if isinstance(e, IsADirectoryError):
+            raise refuse("is a directory") from None
+        raise refuse(f"cannot read: {e.strerror or e}") from None
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_capped(fd: int, max_bytes: int) -> bytes | None:
+    """At most ``max_bytes`` from ``fd``, or None if it holds more (a file may grow while it is
+    read: what arrives is counted, not what ``fstat`` said)."""
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return None if total > max_bytes else b"".join(chunks)
+
+
+def read_side_file(path: str | os.PathLike[str], what: str, max_bytes: int) -> bytes:
+    """The bytes of a side file read whole (``what`` names it in messages: "mel convention
+    file", "mel statistics file" ...), or one :class:`UsageError` naming the file and why.
+
+    Every file read whole goes through here, so a name that leads to ``/dev/zero``, a FIFO or
+    a terminal is refused before a byte is read, and a huge file before it is read: the file
+    is opened non-blocking (opening a FIFO does not wait for a writer), the descriptor that
+    was opened is checked with ``fstat`` (regular file, at most ``max_bytes``) and read, so a
+    name swapped for something else meanwhile gains nothing."""
+    name = str(path)
+
+    def refused(reason: str) -> UsageError:
+        return UsageError(f"{name}: cannot read {what} ({reason})")
+
+    try:
+        fd, st = open_checked(os.path.expanduser(path))
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such {what}") from None
+    except OSError as e:
+        raise refused(e.strerror or str(e)) from None
+    try:
+        if not stat.S_ISREG(st.st_mode):
+            raise refused(f"is {file_kind(st.st_mode)}, not a regular file")
+        too_large = refused(f"larger than {size_text(max_bytes)}; a {what} is far smaller")
+        data = read_capped(fd, max_bytes) if st.st_size <= max_bytes else None
+        if data is None:
+            raise too_large
+        return data
+    except OSError as e:
+        raise refused(e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+
+
+def read_side_text(path: str | os.PathLike[str], what: str, max_bytes: int) -> str:
+    """:func:`read_side_file` decoded as UTF-8 (invalid UTF-8 is the same one-line error)."""
+    data = read_side_file(path, what, max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: cannot read {what} (not UTF-8: {e.reason} at byte "
+                         f"{e.start})") from None
+
+
 __all__ = ["atomic_write", "write_json", "publish", "remove_files", "remove_stale_parts",
            "part_name", "pid_alive", "new_file_mode", "current_umask", "refuse_non_regular",
-           "describe_os_error", "PART_SUFFIX"]
+           "describe_os_error", "PART_SUFFIX", "file_kind", "read_side_file", "read_side_text",
+           "size_text", "READ_FLAGS", "open_checked", "read_capped"]

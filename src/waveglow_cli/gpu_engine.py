@@ -28,9 +28,12 @@ elementwise step.  :class:`GpuEngine` computes the function of :meth:`WaveGlow.i
   ``tanh`` and an in-place ``sigmoid``/multiply.
 
 The compile cache is persistent: compiled code is written under ``cache_dir`` (inductor's FX
-graph cache and Triton's kernels), so a second process loads it instead of compiling.  The
-folder is an argument (the command line passes one under ``WAVEGLOW_HOME``); the library never
-reads the environment.
+graph cache, its precompiled headers and Triton's kernels), so a second process loads it
+instead of compiling.  The folder is an argument (the command line passes one under
+``WAVEGLOW_HOME``); the library never reads the environment.  What is in the cache runs (a line
+appended to a cached ``.py``, or a pickle in place of an FX graph entry, runs on the next
+compile), so the folder is created 0700 and refused, before anything is compiled, when another
+user owns it or could write to it or to the folder holding it (:func:`check_compile_cache`).
 
 In float32 (with TF32 off, PyTorch's default for matrix products) the output equals the eager
 model's to float rounding; fp16/bf16 are reduced-precision paths, measured as SNR against
@@ -39,6 +42,8 @@ float32 with the same noise.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -49,8 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UsageError
 from .fastpath import noise_and_lengths, pack_rows
 from .model import WaveGlow, reverse_flows
+from .settings import compile_cache_environment
 
 #: Rows per pass.  The largest, 2^18 rows = 8 pieces of 1024 frames, bounds a pass's memory
 #: (about 1.2 GB of activations for the 256-channel model in fp16).  Powers of two below, and
@@ -120,16 +127,111 @@ def _own_copy(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 @contextmanager
 def _inductor_cache(directory: Path | None) -> Iterator[None]:
-    """Point inductor's (and through it Triton's) cache at ``directory`` while compiling or
-    running compiled code: its FX graph cache then persists there across processes."""
+    """Point inductor's, Triton's and the precompiled headers' caches at ``directory`` (made
+    0700 and checked first) while compiling or running compiled code: its FX graph cache then
+    persists there across processes, and nothing is written to ``$TMPDIR/torchinductor_$USER``."""
     if directory is None:
         yield
         return
-    from torch._inductor.runtime import cache_dir_utils
+    prepare_compile_cache(directory)
+    with compile_cache_environment(directory):
+        # Imported only now: importing inductor (and dynamo) makes its cache folder already.
+        from torch._inductor.runtime import cache_dir_utils
 
-    directory.mkdir(parents=True, exist_ok=True)
-    with cache_dir_utils.temporary_cache_dir(str(directory)):
+        with cache_dir_utils.temporary_cache_dir(str(directory)), _headers_under(directory):
+            yield
+
+
+@contextmanager
+def _headers_under(directory: Path) -> Iterator[None]:
+    """Inductor precompiles its C++ prefix header (about 150 MB) into a folder it fixes on
+    import from the temporary directory, whatever the cache folder: moved under ``directory``
+    while compiling.  A torch without that folder gets no precompiled headers instead."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor import codecache
+
+    if not hasattr(codecache, "_HEADER_DIR") or not hasattr(codecache, "_HEADER_LOCK_DIR"):
+        with inductor_config.patch(cpp_cache_precompile_headers=False):
+            yield
+        return
+    saved = codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR
+    headers = directory / "precompiled_headers"
+    codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR = str(headers), str(headers / "locks")
+    try:
         yield
+    finally:
+        codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR = saved
+
+
+def check_compile_cache(directory: Path) -> None:
+    """Refuse (:class:`~waveglow_cli.errors.UsageError`, one line) a compile cache someone else
+    could have planted code in: the folder itself (not followed if it is a symlink) must be
+    ours and writable by nobody else; the folder holding it (``WAVEGLOW_HOME`` for the command
+    line) must be ours or root's and writable by nobody else, unless sticky (as /tmp), which
+    keeps others from renaming our entries.  Folders not made yet pass: they are made 0700."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        info = None
+    except OSError as e:
+        raise UsageError(f"cannot use the compile cache {directory}: {e.strerror or e}") from None
+    if info is not None:
+        if not stat.S_ISDIR(info.st_mode):
+            raise UsageError(f"the compile cache {directory} is not a folder (a symlink or a "
+                             "file); remove it, or point WAVEGLOW_HOME elsewhere")
+        _refuse_foreign(directory, info, "the compile cache")
+    try:
+        holder = os.stat(directory.parent)
+    except OSError:
+        return  # made when the cache is, with the umask's mode; checked again then
+    _refuse_foreign(directory.parent, holder, "the folder holding the compile cache",
+                    holder=True)
+
+
+def _refuse_foreign(path: Path, info: os.stat_result, what: str, *, holder: bool = False
+                    ) -> None:
+    """Refuse a folder another user owns (root may own the ``holder``) or that its group or
+    others may write to (a sticky ``holder`` is fine: they cannot rename our entries)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    owners = {uid, 0} if holder else {uid}
+    if uid is not None and info.st_uid not in owners:
+        raise UsageError(f"{what} {path} belongs to another user (uid {info.st_uid}): code "
+                         "in it would run as you; point WAVEGLOW_HOME at a folder of yours")
+    writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not (holder and info.st_mode & stat.S_ISVTX):
+        raise UsageError(f"{what} {path} is writable by its group or others (mode "
+                         f"{stat.S_IMODE(info.st_mode):o}): code planted in it would run as "
+                         f"you; `chmod go-w {path}` if nobody did, else remove the cache")
+
+
+def prepare_compile_cache(directory: Path) -> None:
+    """Make ``directory`` (0700, whatever the umask; the folder holding it too, if made here)
+    or take it back to 0700 from a wider read-only mode (older versions made it 0755), after
+    :func:`check_compile_cache`."""
+    check_compile_cache(directory)
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a home made here: ours
+    check_compile_cache(directory)  # the holder, if it was only made now
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UsageError(f"cannot make the compile cache {directory}: {e.strerror or e}") \
+            from None
+    # Opened without following a symlink, so the mode is set on the folder that was checked.
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(directory, flags)
+    except OSError as e:
+        raise UsageError(f"cannot use the compile cache {directory}: {e.strerror or e} (a "
+                         "symlink?)") from None
+    try:
+        info = os.fstat(fd)
+        _refuse_foreign(directory, info, "the compile cache")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def bucket_rows(rows: int, buckets: Sequence[int]) -> int:
@@ -172,14 +274,16 @@ class GpuEngine:
         self.dilations = tuple(2**i for i in range(config.n_layers))
         self.pad = max(1, (config.kernel_size - 1) // 2 * self.dilations[-1])
         self.shapes: set[int] = set()
+        if compile and cache_dir is not None:
+            check_compile_cache(cache_dir)  # before any work; made when first compiled into
         w = model.upsample.weight.detach().float()                       # (M in, M out, K)
         self.upsample_wr = w.permute(0, 2, 1).reshape(w.size(0), -1).to(self.device)
         self.upsample_b = model.upsample.bias.detach().float().to(self.device)
         self.flows = [self._fold(model, k) for k in range(config.n_flows)]
         self._trunk: Callable[..., Tensor] = _trunk
-        if compile:
-            self._trunk = torch.compile(_own_copy(_trunk), backend=backend, mode=mode,
-                                        dynamic=False, fullgraph=True)
+        # Compiled when the first shape is (inside the cache's context): importing dynamo
+        # already makes inductor's cache folder, which must be ours, not $TMPDIR's.
+        self._compile_with = (backend, mode) if compile else None
 
     def _fold(self, model: WaveGlow, k: int) -> _Flow:
         wn, c = model.WN[k], self.config.n_channels
@@ -265,6 +369,10 @@ class GpuEngine:
                                              hi - lo)
         row_mask = mask.float()
         with _inductor_cache(self.cache_dir) if new_shape else nullcontext():
+            if self._compile_with is not None and self._trunk is _trunk:
+                backend, mode = self._compile_with
+                self._trunk = torch.compile(_own_copy(_trunk), backend=backend, mode=mode,
+                                            dynamic=False, fullgraph=True)
             audio = reverse_flows(
                 c, lambda lo, hi: noise[:, lo:hi],
                 lambda k, audio_0: self._coupling(k, audio_0, cond, mask),
@@ -299,4 +407,5 @@ class GpuEngine:
         return up[:n_samples].view(steps, c.n_group, m).transpose(1, 2).reshape(steps, -1)
 
 
-__all__ = ["GpuEngine", "DEFAULT_BUCKETS", "MAX_BUCKETS", "bucket_rows"]
+__all__ = ["GpuEngine", "DEFAULT_BUCKETS", "MAX_BUCKETS", "bucket_rows",
+           "check_compile_cache", "prepare_compile_cache"]

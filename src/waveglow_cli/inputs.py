@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
-import torch
 
-from .audio_io import (LazyMel, open_input, peek, prepare_audio, read_audio, read_mel, sniff,
-                       validate_mel)
+from .audio_io import LazyMel, open_input, peek, read_mel, read_mono, sniff, validate_mel
 from .conventions import Convention, load_mel_stats, resolve_convention
 from .errors import AudioFileError, MelFileError
-from .mel import MelConfig, mel_spectrogram
+from .mel import MelConfig, log_mel_frames
 from .melcheck import check_mel_scale
 from .melconvert import MelConverter
 
@@ -27,16 +25,18 @@ def audio_to_mel(source: str | os.PathLike[str] | bytes | IO[bytes], config: Mel
     """Any audio file (or its bytes, or an open binary file) -> (float32 (n_mels, frames) log
     mel, notes).
 
-    Multi-channel audio is averaged; another sample rate is resampled to ``config``'s."""
+    Multi-channel audio is averaged; another sample rate is resampled to ``config``'s.  The
+    file is decoded a block at a time and its mel computed a block of frames at a time
+    (:func:`~waveglow_cli.audio_io.read_mono`, :func:`~waveglow_cli.mel.log_mel_frames`):
+    memory is the mono signal and its mel, and audio declaring an absurd rate or more than
+    :data:`~waveglow_cli.audio_io.MAX_AUDIO_SECONDS` is refused before it is decoded."""
     name = name or ("<stdin>" if isinstance(source, bytes) else str(getattr(source, "name", source)))
-    samples, rate = read_audio(source, name)
-    mono, notes = prepare_audio(samples, rate, config.sample_rate, name)
-    del samples
+    mono, notes = read_mono(source, name, config.sample_rate)
     try:
-        mel = mel_spectrogram(torch.from_numpy(mono), config)[0]
+        mel = log_mel_frames(mono, config)
     except ValueError as e:  # too short to analyse
         raise AudioFileError(name, str(e)) from None
-    return mel.numpy(), notes
+    return mel, notes
 
 
 def mel_converter(spec: str | os.PathLike[str] | Convention, config: MelConfig,
@@ -98,8 +98,9 @@ def _converted(f: IO[bytes], name: str, config: MelConfig, layout: str,
     notes: list[str] = []
     n_mels = converter.convention.n_mels
     try:
-        source = np.asarray(read_mel(f, name, n_mels=n_mels, layout=layout, notes=notes,
-                                     lazy=True))
+        lazy = read_mel(f, name, n_mels=n_mels, layout=layout, notes=notes, lazy=True)
+        converter.check_length(lazy.shape[1], name)  # before the whole mel is read
+        source = np.asarray(lazy)
     except MelFileError as e:  # say whose band count it is: the convention's, not the model's
         expects = f"the checkpoint expects {n_mels}"
         if expects not in e.reason:

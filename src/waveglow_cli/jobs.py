@@ -437,18 +437,21 @@ class SynthesisJob:
     fail_fast: bool = False
     window: int = 64                # items loaded at a time (bounds open inputs and memory)
     stdin: IO[bytes] | None = None
-    first_piece: int = 0            # a job of one item streams it (see BatchOptions.first_piece)
+    # A job of one item made front to back in growing pieces from this many frames (see
+    # BatchOptions.first_piece); None: standard output streams so, files are made whole.
+    first_piece: int | None = None
 
     def run(self, items: list[Item], outputs: list[Path | None],
             progress: JobProgress | None = None) -> Summary:
         synthesizer = self.synthesizer
-        if len(items) == 1 and self.first_piece and not synthesizer.batch.first_piece:
-            # One input: front to back in growing pieces, so its first audio comes early
-            # (the plan is the same whatever the output, so a file equals the stream).
+        first = self.first_piece_for(outputs)
+        if len(items) == 1 and first and not synthesizer.batch.first_piece:
+            # One input: front to back in growing pieces, so its first audio comes early.  The
+            # plan depends only on ``first``, so a file made with the same one equals the stream.
             import dataclasses
 
             synthesizer = dataclasses.replace(synthesizer, batch=dataclasses.replace(
-                synthesizer.batch, first_piece=self.first_piece))
+                synthesizer.batch, first_piece=first))
         run = _SynthesisRun(self, synthesizer, progress or SilentProgress(), input_paths(items),
                             Summary(sample_rate=self.sample_rate))
         pairs = list(zip(items, outputs))
@@ -470,6 +473,16 @@ class SynthesisJob:
             run.summary.interrupted = getattr(e, "signal_number", 2)
             run.record_published()
         return run.summary
+
+    def first_piece_for(self, outputs: list[Path | None]) -> int:
+        """The first piece of a one-item job: as asked, else a small one for standard output
+        (a stream: its first audio early) and none for a file (made whole: a stream's
+        boundaries cost work that a file does not need)."""
+        from .synthesis import FIRST_PIECE_FRAMES
+
+        if self.first_piece is not None:
+            return self.first_piece
+        return FIRST_PIECE_FRAMES if len(outputs) == 1 and outputs[0] is None else 0
 
 
 # How reading a window ended for one item: (item, target, outcome, mel or error, notes)
@@ -633,11 +646,11 @@ def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
                   stdout_format: str = "wav", first_piece: int | None = None) -> SynthesisJob:
     """A :class:`SynthesisJob` over a loaded vocoder: mel files (or audio, by copy synthesis)
     to audio files (or ``writer``'s choice), windows of ``8 x batch size`` (at least 64).
-    A job of one input streams it in growing pieces from ``first_piece`` frames (default
-    :data:`~waveglow_cli.synthesis.FIRST_PIECE_FRAMES`; 0: whole); standard output gets
-    ``stdout_format`` (wav, raw or flac)."""
+    A job of one input makes it front to back in growing pieces from ``first_piece`` frames
+    (0: whole; None, the default: :data:`~waveglow_cli.synthesis.FIRST_PIECE_FRAMES` for
+    standard output, whole for a file); standard output gets ``stdout_format`` (wav, raw or
+    flac)."""
     from .inputs import SynthesisInputReader, mel_converter
-    from .synthesis import FIRST_PIECE_FRAMES
 
     batch = batch or vocoder.batch
     policy = policy or OutputPolicy()
@@ -654,4 +667,4 @@ def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
                                              convention=converter), writer,
                         vocoder.sample_rate, policy, fail_fast,
                         window=max(batch.batch_size * 8, 64), stdin=stdin,
-                        first_piece=FIRST_PIECE_FRAMES if first_piece is None else first_piece)
+                        first_piece=first_piece)

@@ -51,6 +51,7 @@ __all__ = [
     "bias_spectrum",
     "denoise",
     "hann_window",
+    "log_mel_frames",
     "mel_filterbank",
     "mel_spectrogram",
 ]
@@ -273,6 +274,11 @@ def fourier_basis(n_fft: int, window: Tensor) -> Tensor:
 def _conv_magnitude(audio: Tensor, basis: Tensor, n_fft: int, hop_length: int) -> Tensor:
     """|STFT| (B, K, T) by NVIDIA's arithmetic: reflect pad, float32 conv1d, sqrt(re^2 + im^2)."""
     x = F.pad(audio.unsqueeze(1), (n_fft // 2, n_fft // 2), mode="reflect")
+    return _padded_magnitude(x, basis, n_fft, hop_length)
+
+
+def _padded_magnitude(x: Tensor, basis: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """|STFT| (B, K, T) of an already padded (B, 1, S) signal: one frame per hop, no padding."""
     if x.is_cuda:  # TF32 convolutions would cost ~1e-3 relative accuracy
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             spec = F.conv1d(x, basis.to(x.device), stride=hop_length)
@@ -351,6 +357,47 @@ def mel_spectrogram(audio: Tensor | np.ndarray, config: MelConfig | None = None)
     x, _ = _as_audio(audio)
     module = _cached_module(c)
     return _log_mel(x, module.mel_basis, module.fourier_basis, c)
+
+
+# Frames analysed at a time by log_mel_frames: the spectrum of a block is 2 x 513 float32 per
+# frame (33 MB for 8192 frames, 95 s at 22.05 kHz), where a whole hour's would be 1.3 GB.
+MEL_BLOCK_FRAMES = 8192
+
+
+def log_mel_frames(audio: np.ndarray, config: MelConfig | None = None,
+                   block_frames: int = MEL_BLOCK_FRAMES) -> np.ndarray:
+    """The log mel of (S,) float audio on the CPU as a float32 (M, 1 + S // hop) array, in the
+    memory of ``block_frames`` frames' spectrum instead of the whole signal's.
+
+    Up to ``block_frames`` frames it is :func:`mel_spectrogram`'s result itself.  Longer
+    audio is analysed a block of frames at a time, each frame from its own ``n_fft`` samples
+    of the reflect-padded signal through the same float32 operations: the same numbers up to
+    float32 rounding (the convolution's summation order depends on its input's length;
+    measured at most 2e-6 nats apart, in 0.02 % of the values).  Only the samples a block
+    needs are copied (with the reflection at either end)."""
+    c = config or MelConfig()
+    samples = np.asarray(audio).reshape(-1)
+    n = samples.size
+    _check_length(n, c.n_fft)
+    pad, hop = c.n_fft // 2, c.hop_length
+    frames = 1 + n // hop
+    if frames <= block_frames:
+        return mel_spectrogram(samples, c)[0].numpy()
+    module = _cached_module(c)
+    out = np.empty((c.n_mels, frames), dtype=np.float32)
+    for lo in range(0, frames, block_frames):
+        hi = min(frames, lo + block_frames)
+        start, stop = lo * hop - pad, (hi - 1) * hop + c.n_fft - pad  # in unpadded samples
+        if 0 <= start and stop <= n:
+            piece = samples[start:stop]
+        else:  # reflect at either end, as F.pad(mode="reflect") does
+            index = np.abs(np.arange(start, stop))
+            piece = samples[np.where(index > n - 1, 2 * (n - 1) - index, index)]
+        x = torch.from_numpy(np.ascontiguousarray(piece, dtype=np.float32))[None, None]
+        magnitude = _padded_magnitude(x, module.fourier_basis, c.n_fft, hop)
+        mel = torch.matmul(module.mel_basis, magnitude)
+        out[:, lo:hi] = torch.log(torch.clamp(mel, min=c.clip_min))[0].numpy()
+    return out
 
 
 class STFT(nn.Module):

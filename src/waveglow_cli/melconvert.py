@@ -51,6 +51,10 @@ _TINY = 1e-30
 _LOUDEST = 1e4
 # Frames converted at a time: bounds the spectrum held in memory (frames x FFT bins).
 BLOCK_FRAMES = 4096
+# The longest mel converted (it is read and converted whole): four hours of audio, 1.24
+# million of our frames (400 MB of float32 at 80 bands).  A convention's frame period is at
+# most 0.1 s (conventions.MAX_FRAME_SECONDS), so a source frame becomes at most ~9 of ours.
+MAX_CONVERTED_SECONDS = 4 * 3600
 
 
 def is_identity(convention: Convention, target: MelConfig) -> bool:
@@ -66,11 +70,15 @@ def is_identity(convention: Convention, target: MelConfig) -> bool:
 
 def _bank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool,
           slaney_norm: bool) -> np.ndarray:
+    import warnings
+
     import librosa  # lazily: slow to import
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
-                               fmax=fmax, htk=htk, norm="slaney" if slaney_norm else None,
-                               dtype=np.float64)
+    with warnings.catch_warnings():  # empty bands are said once, as a note (_Plan.empty)
+        warnings.filterwarnings("ignore", message="Empty filters detected")
+        return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
+                                   fmax=fmax, htk=htk, norm="slaney" if slaney_norm else None,
+                                   dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class _Plan:
     low_level: np.ndarray    # (C_src,): source mel -> mean level of its lowest band
     high_level: np.ndarray   # (C_src,): ... of its highest band
     uncovered: tuple[int, ...]  # target bands mostly outside the source's range
+    empty: int               # source bands that hold no FFT bin (their values are ignored)
     bank_peak: float         # the largest column sum of the source bank
     sparse_bank: Any         # source_bank as a scipy CSR matrix, and its transpose
     sparse_bank_t: Any
@@ -132,6 +141,9 @@ def _plan(convention: Convention, target: MelConfig) -> _Plan:
     # A band's mean level: its value over its weights' sum (what a flat spectrum there gives).
     sums = source_bank.sum(axis=1)
     used = np.nonzero(sums > 0)[0]
+    if used.size == 0:  # validate_convention refuses such a convention; a preset never is one
+        raise UsageError(f"mel convention {convention.name}: every band of its filterbank is "
+                         "empty (no FFT bin inside any)")
     low_level = np.zeros(b.n_mels)
     high_level = np.zeros(b.n_mels)
     low_level[used[0]] = 1 / sums[used[0]]
@@ -142,6 +154,7 @@ def _plan(convention: Convention, target: MelConfig) -> _Plan:
     return _Plan(unmix, source_bank, remix, gain * (target_bank @ below),
                  gain * (target_bank @ above),
                  low_level, high_level, tuple(int(i) for i in np.nonzero(outside > 0.5)[0]),
+                 int(b.n_mels - used.size),
                  float(max(source_bank.sum(axis=0).max(), 1e-12)),
                  sparse.csr_matrix(source_bank), sparse.csr_matrix(source_bank.T))
 
@@ -237,13 +250,28 @@ class MelConverter:
         if self.identity:
             return []
         plan = _plan(self.convention, self.target)
-        if not plan.uncovered:
-            return []
-        b = self.convention.bands
-        return [f"mel convention {self.convention.name} covers {b.fmin:g}-"
-                f"{self.convention.fmax_hz:g} Hz; {len(plan.uncovered)} of our "
-                f"{self.target.n_mels} bands lie mostly outside it and were filled with the "
-                "level of its nearest band"]
+        b, notes = self.convention.bands, []
+        if plan.uncovered:
+            notes.append(f"mel convention {self.convention.name} covers {b.fmin:g}-"
+                         f"{self.convention.fmax_hz:g} Hz; {len(plan.uncovered)} of our "
+                         f"{self.target.n_mels} bands lie mostly outside it and were filled "
+                         "with the level of its nearest band")
+        if plan.empty:
+            notes.append(f"mel convention {self.convention.name}: {plan.empty} of its "
+                         f"{b.n_mels} bands hold no FFT bin (empty filters); their values "
+                         "are ignored")
+        return notes
+
+    def check_length(self, frames: int, name: str) -> None:
+        """Refuse a mel longer than :data:`MAX_CONVERTED_SECONDS` of audio (it is converted
+        whole), before it is read."""
+        a = self.convention.analysis
+        seconds = frames * a.hop_length / a.sample_rate
+        if seconds > MAX_CONVERTED_SECONDS:
+            raise MelFileError(name, f"{frames} frames of mel convention "
+                                     f"{self.convention.name} are {seconds / 3600:.3g} h of "
+                                     f"audio; at most {MAX_CONVERTED_SECONDS // 3600} h are "
+                                     "converted at once")
 
     def check(self, mel: np.ndarray, name: str) -> str | None:
         """A note when a bounded sample of the stored values cannot be this convention's (a
@@ -290,6 +318,7 @@ class MelConverter:
                                      "bands")
         if values.shape[1] == 0:
             raise MelFileError(name, "mel has zero frames")
+        self.check_length(values.shape[1], name)
         if not np.isfinite(values).all():
             raise MelFileError(name, "mel contains NaN or infinite values")
         if is_identity(self.convention, self.target):  # ours already, maybe normalised

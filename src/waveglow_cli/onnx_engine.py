@@ -7,9 +7,15 @@ carries: the architecture, sample rate and mel settings, so a :class:`Checkpoint
 weights stands in for it and the rest of the package (noise, batching, chunking, denoiser,
 outputs) works unchanged.
 
-The file is untrusted.  It is parsed with ``onnx`` first and refused if any tensor points at
-external data (a path that onnxruntime would otherwise open and read beside the model, or
-anywhere); nothing else in an ONNX file can run code.  Any failure to parse or load it is one
+The file is untrusted.  Its bytes are read once and checked by :mod:`waveglow_cli.onnx_check`
+before onnxruntime sees them: every tensor anywhere in the model (functions, subgraphs, node
+attributes, sparse tensors) must be inside the file (external data would make onnxruntime read
+another file, e.g. ``~/.ssh/id_rsa``, and hand it back as audio), what the tensors and the
+``waveglow.*`` metadata declare must fit the file's size and sane limits, and the graph's
+contract is checked too.  onnxruntime then gets those same bytes, never the path, with its
+folder for external data set to a path under the model file itself (which cannot be a folder),
+so that even a tensor the checks missed could not name a file to read.  Nothing else in an
+ONNX file can run code.  Any failure to parse or load it is one
 :class:`~waveglow_cli.errors.CheckpointError` naming the file.
 
 onnxruntime and onnx are optional (``pip install "waveglow-cli[onnx]"``); this module imports
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ from .checkpoint import Checkpoint
 from .errors import CheckpointError, UsageError
 from .mel import MelConfig
 from .model import WaveGlowConfig
+from .onnx_check import (ImplausibleArchitecture, check_architecture, check_model_tensors,
+                         check_weights_fit, read_model_bytes, weight_budget)
 
 ONNX_FORMAT = "waveglow-cli-onnx"
 ONNX_FORMAT_VERSION = "1"
@@ -50,6 +58,15 @@ META_BATCH = META_PREFIX + "batch"                # "dynamic" or a fixed batch s
 META_SOURCE_SHA256 = META_PREFIX + "source_sha256"
 ONNX_SUFFIX = ".onnx"
 MAX_HOP = 1 << 16  # far above any WaveGlow's (256 samples per frame, groups of 8)
+#: A graph exported with a fixed batch is run in slices of that size, padded: bounded so that
+#: a declared batch cannot size the padding.
+MAX_FIXED_BATCH = 1024
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+MAX_MEL_FFT = 1 << 16
+# onnxruntime resolves external data from bytes against this folder: a path under the model
+# file itself, which is not a folder, so no external file can ever be opened (defence in depth
+# behind onnx_check, which refuses such tensors first).
+_EXTERNAL_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 INSTALL_HINT = 'pip install "waveglow-cli[onnx]" (onnx and onnxruntime)'
 
 
@@ -83,59 +100,37 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _check_no_external_data(path: Path) -> None:
-    """Parse the file (without loading external data) and refuse any tensor stored outside
-    it: such a tensor names a file for onnxruntime to read, which a hostile model would aim
-    at something else on this machine."""
+def checked_model_bytes(path: Path) -> bytes:
+    """The file's bytes, refused (one :class:`CheckpointError`) unless they are a
+    self-contained model whose tensors, architecture and contract pass the checks of
+    :mod:`waveglow_cli.onnx_check` and :func:`read_onnx_info`: all before onnxruntime (or any
+    allocation a declaration sizes) sees them."""
     try:
         import onnx
     except ImportError:
         raise UsageError(f"reading an ONNX model needs the onnx package: {INSTALL_HINT}") from None
+    data = read_model_bytes(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.ModelProto.FromString(data)
     except MemoryError:
         raise CheckpointError(path, "out of memory while reading it") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is "corrupt"
         raise CheckpointError(path, "corrupt or not an ONNX model (cannot parse it: "
                                     f"{_first_line(e)})") from None
-    if any(tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data)
-           for tensor in _all_tensors(model.graph)):
-        raise CheckpointError(path, "refused: the ONNX model keeps tensors in external files "
-                                    "(waveglow export writes one self-contained file)")
+    check_model_tensors(path, model, len(data))
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer} | {
+        t.values.name for t in graph.sparse_initializer}
+    inputs = {i.name: _declared_shape(i) for i in graph.input if i.name not in initializers}
+    meta = {p.key: p.value for p in model.metadata_props}
+    _checked_info(path, inputs, [o.name for o in graph.output], meta, weight_budget(path))
+    return data
 
 
-def _all_tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers (dense and sparse) and node attributes,
-    subgraphs (If/Loop/Scan bodies) included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _all_tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _all_tensors(subgraph)
-
-
-def _check_file(path: Path) -> None:
-    """The checks :func:`~waveglow_cli.checkpoint.read_checkpoint` makes before parsing."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such file") from None
-    except OSError as e:
-        raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
-    if stat.S_ISDIR(mode):
-        raise CheckpointError(path, "is a directory, not an ONNX model")
-    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
-        raise CheckpointError(path, "not a regular file (a FIFO, device or socket)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(path, "file is empty (an interrupted download?)")
+def _declared_shape(value_info: Any) -> list[int | str | None]:
+    """A graph input's shape as onnxruntime reports it: a number, a name or None per axis."""
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param
+            if d.HasField("dim_param") else None for d in value_info.type.tensor_type.shape.dim]
 
 
 def _first_line(error: BaseException) -> str:
@@ -155,17 +150,19 @@ def _providers(onnxruntime: Any, device: torch.device) -> list[str]:
 
 def _session(path: Path, device: torch.device, threads: int | None) -> Any:
     onnxruntime = _import_onnxruntime()
-    _check_file(path)
-    _check_no_external_data(path)
+    data = checked_model_bytes(path)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings would break "one line"
+    options.add_session_config_entry(_EXTERNAL_DATA_FOLDER_KEY,
+                                     str(path.absolute() / "no-external-data"))
     if threads is not None:
         options.intra_op_num_threads = threads
     providers = _providers(onnxruntime, device)
     provider_options = [({"device_id": device.index or 0}
                          if p != "CPUExecutionProvider" else {}) for p in providers]
     try:
-        return onnxruntime.InferenceSession(str(path), options, providers=providers,
+        # The bytes checked, not the path: nothing is read from the file again.
+        return onnxruntime.InferenceSession(data, options, providers=providers,
                                             provider_options=provider_options)
     except MemoryError:
         raise CheckpointError(path, "out of memory while loading it") from None
@@ -189,33 +186,34 @@ class OnnxInfo:
 def read_onnx_info(path: Path, session: Any) -> OnnxInfo:
     """The ``waveglow.*`` metadata and the inputs of ``session``'s graph, checked: a model that
     is not a ``waveglow export`` (other inputs, no metadata) is a :class:`CheckpointError`."""
-    inputs = {i.name: i for i in session.get_inputs()}
+    inputs = {i.name: list(i.shape) for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    return _checked_info(path, inputs, outputs, meta, None)
+
+
+def _checked_info(path: Path, inputs: Mapping[str, Sequence[int | str | None]],
+                  outputs: list[str], meta: dict[str, str], max_weight_bytes: int | None
+                  ) -> OnnxInfo:
+    """What :func:`read_onnx_info` checks, from the graph's declared inputs (name -> shape),
+    outputs and metadata: also from the parsed file, before onnxruntime sees it."""
     if sorted(inputs) != sorted(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
         raise CheckpointError(path, f"is an ONNX model but not a WaveGlow export (inputs "
                                     f"{', '.join(sorted(inputs)) or 'none'}, outputs "
                                     f"{', '.join(outputs) or 'none'}; expected mel, z, lengths, "
                                     "sigma -> audio)")
-    meta = dict(session.get_modelmeta().custom_metadata_map)
     if meta.get(META_FORMAT) != ONNX_FORMAT:
         raise CheckpointError(path, "is an ONNX model without waveglow metadata (make it "
                                     "with `waveglow export`)")
     try:
-        config = WaveGlowConfig.from_dict(json.loads(meta[META_CONFIG]))
-        sample_rate = int(meta[META_SAMPLE_RATE])
-        mel = json.loads(meta[META_MEL])
-        if not isinstance(mel, dict) or sample_rate <= 0:
-            raise ValueError("bad mel settings or sample rate")
-        MelConfig.from_dict(mel)  # checked here, so that a bad value names this file
-        if config.hop_length > MAX_HOP or config.n_group > MAX_HOP:
-            # Synthesis sizes its buffers by these before the graph runs.
-            raise ValueError(f"implausible hop_length {config.hop_length} or n_group "
-                             f"{config.n_group}")
-        dtype = {"fp32": torch.float32, "fp16": torch.float16}[meta.get(META_DTYPE, "fp32")]
+        config, sample_rate, mel, dtype = _parse_metadata(meta)
+    except ImplausibleArchitecture as e:
+        raise CheckpointError(path, f"refused: its waveglow metadata declares an implausible "
+                                    f"architecture ({e})") from None
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(path, f"unreadable waveglow metadata in the ONNX model "
                                     f"({_first_line(e)})") from None
-    mel_shape, z_shape = inputs["mel"].shape, inputs["z"].shape
+    mel_shape, z_shape = inputs["mel"], inputs["z"]
     if len(z_shape) != 3 or z_shape[1] != config.n_group:
         raise CheckpointError(path, f"its z input has shape {z_shape}, but its metadata says "
                                     f"n_group {config.n_group}")
@@ -223,7 +221,38 @@ def read_onnx_info(path: Path, session: Any) -> OnnxInfo:
         raise CheckpointError(path, f"its mel input has shape {mel_shape}, but its metadata "
                                     f"says {config.n_mel_channels} mel channels")
     batch = mel_shape[0] if isinstance(mel_shape[0], int) and mel_shape[0] > 0 else None
+    if batch is not None and batch > MAX_FIXED_BATCH:
+        raise CheckpointError(path, f"refused: its graph declares a fixed batch of {batch}, "
+                                    f"more than {MAX_FIXED_BATCH}")
+    if max_weight_bytes is not None:  # last: the shapes name a mismatch better than this
+        try:
+            check_weights_fit(config, max_weight_bytes)
+        except ImplausibleArchitecture as e:
+            raise CheckpointError(path, f"refused: its waveglow metadata declares an "
+                                        f"implausible architecture ({e})") from None
     return OnnxInfo(config, sample_rate, mel, dtype, batch, meta)
+
+
+def _parse_metadata(meta: dict[str, str]) -> tuple[WaveGlowConfig, int, dict[str, Any],
+                                                    torch.dtype]:
+    """(config, sample rate, mel settings, compute dtype) from the ``waveglow.*`` properties;
+    every value bounded before anything is sized by it."""
+    config = check_architecture(json.loads(meta[META_CONFIG]))
+    sample_rate = int(meta[META_SAMPLE_RATE])
+    mel = json.loads(meta[META_MEL])
+    if not isinstance(mel, dict) or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"bad mel settings or sample rate {sample_rate} (use "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)")
+    mel_config = MelConfig.from_dict(mel)  # checked here, so that a bad value names this file
+    if max(mel_config.n_fft, mel_config.win_length, mel_config.hop_length) > MAX_MEL_FFT:
+        raise ValueError(f"implausible mel settings (n_fft {mel_config.n_fft}, hop "
+                         f"{mel_config.hop_length})")
+    if config.hop_length > MAX_HOP or config.n_group > MAX_HOP:
+        # Synthesis sizes its buffers by these before the graph runs.
+        raise ValueError(f"implausible hop_length {config.hop_length} or n_group "
+                         f"{config.n_group}")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[meta.get(META_DTYPE, "fp32")]
+    return config, sample_rate, mel, dtype
 
 
 class OnnxEngine:
@@ -314,4 +343,5 @@ def open_onnx(path: str | Path, device: str | torch.device = "cpu",
 
 
 __all__ = ["OnnxEngine", "OnnxInfo", "open_onnx", "is_onnx_file", "read_onnx_info",
+           "checked_model_bytes",
            "ONNX_FORMAT", "INPUT_NAMES", "OUTPUT_NAMES"]

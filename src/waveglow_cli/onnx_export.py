@@ -59,6 +59,7 @@ from .onnx_engine import (INPUT_NAMES, INSTALL_HINT, META_BATCH, META_CONFIG, ME
                           META_FORMAT, META_FORMAT_VERSION, META_MEL, META_PREFIX,
                           META_SAMPLE_RATE, META_SOURCE_SHA256, ONNX_FORMAT, ONNX_FORMAT_VERSION,
                           OUTPUT_NAMES, OnnxEngine, is_onnx_file, open_onnx)
+from .progress import StatusCallback, report_step
 from .settings import Settings
 from .synthesis import BatchOptions
 from .vocoder import Vocoder, mel_config_for, registry_entry_for
@@ -329,20 +330,27 @@ def _with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
 
 def export_checkpoint(checkpoint: Checkpoint, output: str | Path, mel: MelConfig,
                       options: ExportOptions = ExportOptions(), source: Path | None = None,
-                      source_sha256: str | None = None) -> ExportReport:
+                      source_sha256: str | None = None, status: StatusCallback | None = None
+                      ) -> ExportReport:
     """Export ``checkpoint`` to ``output`` (atomically; refused if it exists unless
     ``options.overwrite``) after checking the bytes with onnxruntime against the torch engine.
-    A failed check writes nothing and raises :class:`CheckpointError` naming the source."""
+    A failed check writes nothing and raises :class:`CheckpointError` naming the source.
+    Each step (building, tracing, checking, writing) is reported to ``status`` as it starts."""
     started = time.monotonic()
     if not options.overwrite and Path(output).exists():  # before the work, not only after it
         raise OutputExistsError(output)
+    report_step(status, "building the float32 model")
     model = checkpoint.build_model()  # float32, eval: the inverses from the float32 weights
+    report_step(status, f"tracing the {options.dtype} graph (torch.onnx.export, opset "
+                        f"{options.opset})")
     try:
         data = graph_bytes(model, DTYPES[options.dtype], options.opset, options.batch)
     except ValueError as e:
         raise CheckpointError(source or Path(output), f"cannot export it: {e}") from None
+    report_step(status, "checking the graph (onnx.checker)")
     meta = _metadata(checkpoint, mel, options, source, source_sha256)
     data = _with_metadata(data, meta)
+    report_step(status, "verifying with onnxruntime against the torch engine")
     engine = OnnxEngine(output, session=_session_from_bytes(data))
     check = verify_engine(engine, EagerEngine(model), options.dtype == "fp16")
     if not check.passed:
@@ -350,6 +358,7 @@ def export_checkpoint(checkpoint: Checkpoint, output: str | Path, mel: MelConfig
                                                       f"engine: {check.describe()}; nothing was "
                                                       "written")
     meta[META_PREFIX + "verified"] = check.describe()
+    report_step(status, f"writing {output}")
     data = _with_metadata(data, meta)
     path = atomic_write(output, lambda tmp: tmp.write_bytes(data), overwrite=options.overwrite)
     return ExportReport(path, source, source_sha256, options, check, len(data),
@@ -357,19 +366,22 @@ def export_checkpoint(checkpoint: Checkpoint, output: str | Path, mel: MelConfig
 
 
 def export_onnx(spec: str, output: str | Path, options: ExportOptions = ExportOptions(), *,
-                settings: Settings, progress: Any = None) -> ExportReport:
+                settings: Settings, progress: Any = None,
+                status: StatusCallback | None = None) -> ExportReport:
     """Export the checkpoint ``spec`` (a registry name, fetched first unless offline, or a
-    file of any format we read) to the ONNX file ``output``: see :func:`export_checkpoint`."""
+    file of any format we read) to the ONNX file ``output``: see :func:`export_checkpoint`.
+    A download reports to ``progress`` (bytes); the steps after it to ``status``."""
     from .download import sha256_file
 
     path = Path(ensure_checkpoint(spec, settings, progress))
     if is_onnx_file(path):
         raise CheckpointError(path, "is an ONNX model already; export a checkpoint (.pt, "
                                     ".safetensors or a registry name)")
+    report_step(status, f"reading {path.name}")
     checkpoint = read_checkpoint(path)
     mel = mel_config_for(checkpoint, registry_entry_for(spec, settings))
     return export_checkpoint(checkpoint, output, mel, options, source=path,
-                             source_sha256=sha256_file(path))
+                             source_sha256=sha256_file(path), status=status)
 
 
 def load_onnx_vocoder(path: str | Path, device: str | torch.device = "cpu", *,

@@ -33,11 +33,25 @@ def _pyplot():
     return plt
 
 
+# A figure is 1000 pixels wide: a longer signal is drawn from a summary of at most this many
+# columns (an hour of audio is 79 million samples and 310 thousand frames; drawn point by
+# point it took gigabytes), which looks the same at that width.
+MAX_COLUMNS = 4000
+
+
+def _column_step(count: int) -> int:
+    return max(1, -(-count // MAX_COLUMNS))
+
+
 def _draw_mel(ax, fig, mel: np.ndarray, config: MelConfig, title: str,
               limits: tuple[float, float]) -> None:
     import librosa
 
     seconds = mel.shape[1] * config.hop_length / config.sample_rate
+    step = _column_step(mel.shape[1])
+    if step > 1:  # the mean of each group of frames, in the log domain
+        usable = mel.shape[1] // step * step
+        mel = mel[:, :usable].reshape(mel.shape[0], -1, step).mean(axis=2)
     image = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=limits[0],
                       vmax=limits[1], extent=(0.0, seconds, 0, mel.shape[0]))
     freqs = librosa.mel_frequencies(n_mels=mel.shape[0], fmin=config.fmin, fmax=config.fmax_hz)
@@ -50,9 +64,17 @@ def _draw_mel(ax, fig, mel: np.ndarray, config: MelConfig, title: str,
 
 
 def _draw_wave(ax, audio: np.ndarray, sample_rate: int, title: str) -> None:
-    t = np.arange(audio.size) / sample_rate
-    ax.plot(t, audio, linewidth=0.5, color="tab:blue")
-    ax.set_xlim(0, max(t[-1] if t.size else 0.0, 1e-3))
+    step = _column_step(audio.size // 2)
+    if step > 1:  # each column's lowest and highest sample: the envelope a plot shows
+        usable = audio.size // step * step
+        blocks = audio[:usable].reshape(-1, step)
+        t = (np.arange(blocks.shape[0]) + 0.5) * step / sample_rate
+        ax.fill_between(t, blocks.min(axis=1), blocks.max(axis=1), linewidth=0.5,
+                        color="tab:blue")
+    else:
+        t = np.arange(audio.size) / sample_rate
+        ax.plot(t, audio, linewidth=0.5, color="tab:blue")
+    ax.set_xlim(0, max((audio.size - 1) / sample_rate, 1e-3))
     ax.set_ylabel("amplitude")
     ax.set_xlabel("time (s)")
     ax.set_title(title)

@@ -1,11 +1,24 @@
-"""Progress of long transfers, reported to whatever the caller passes (the CLI draws a rich bar).
+"""Progress of long transfers, and the steps of long commands, reported to whatever the caller
+passes (the CLI draws a rich bar or status line).
 
 There is no default: a caller that passes nothing (``None``) gets no progress reports.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
+
+#: What a long command reports its steps to: called with a short description of the step that
+#: starts now ("tracing the graph", "timed run 2 of 3").  The CLI shows it as a status line on
+#: a terminal (:class:`waveglow_cli.cli.common.StepStatus`); None reports nothing.
+StatusCallback = Callable[[str], None]
+
+
+def report_step(status: StatusCallback | None, text: str) -> None:
+    """Tell ``status`` (if any) that the step ``text`` starts now."""
+    if status is not None:
+        status(text)
 
 
 class Progress(Protocol):
@@ -69,4 +82,4 @@ class ProgressReporter:
         self._call("note", text)
 
 
-__all__ = ["Progress", "NullProgress", "ProgressReporter"]
+__all__ = ["Progress", "NullProgress", "ProgressReporter", "StatusCallback", "report_step"]

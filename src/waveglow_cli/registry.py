@@ -8,9 +8,7 @@ name or an alias, into a local file).
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import CheckpointNotAvailableError, UnknownCheckpointError, UsageError
+from .fileio import read_side_text
 from .settings import Settings
 
 DEFAULT_CHECKPOINT = "universal"
@@ -262,24 +261,9 @@ def _parse(text: str, origin: str) -> dict[str, RegistryEntry]:
 
 def _read_registry_file(path: Path) -> str:
     """A WAVEGLOW_REGISTRY file's text: a regular file of bounded size, valid UTF-8 (a FIFO or
-    /dev/zero named by mistake is refused, not read forever)."""
-    def fail(reason: str) -> UsageError:
-        return UsageError(f"{path}: cannot read WAVEGLOW_REGISTRY file ({reason})")
-
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
-        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise fail("not a regular file")
-            data = f.read(_REGISTRY_FILE_LIMIT + 1)
-    except OSError as e:
-        raise fail(e.strerror or str(e)) from None
-    if len(data) > _REGISTRY_FILE_LIMIT:
-        raise fail(f"larger than {_REGISTRY_FILE_LIMIT >> 20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise fail(f"not UTF-8: {e.reason} at byte {e.start}") from None
+    /dev/zero named by mistake is refused, not read forever); the one bounded open every side
+    file goes through (:func:`~waveglow_cli.fileio.read_side_file`)."""
+    return read_side_text(path, "WAVEGLOW_REGISTRY file", _REGISTRY_FILE_LIMIT)
 
 
 def builtin_registry_text() -> str:

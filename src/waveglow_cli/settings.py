@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,31 @@ class Settings:
 
     @property
     def compile_cache(self) -> Path:
-        """Where ``--engine compiled`` keeps torch.compile's code between runs."""
+        """Where ``--engine compiled`` keeps torch.compile's code between runs: code that runs,
+        so it is made 0700 and refused if anyone else could write to it or to the home holding
+        it (see :func:`waveglow_cli.gpu_engine.check_compile_cache`)."""
         return self.home / "compile-cache"
+
+
+@contextmanager
+def compile_cache_environment(directory: Path) -> Iterator[None]:
+    """Point every cache torch.compile writes at ``directory`` while it compiles, then put the
+    environment back: inductor (``TORCHINDUCTOR_CACHE_DIR``) and Triton (``TRITON_CACHE_DIR``)
+    take these folders from the environment only, and otherwise write under
+    ``$TMPDIR/torchinductor_$USER`` and ``~/.triton``, outside the cache we check.  This module
+    is the one place of the library that touches the environment."""
+    wanted = {"TORCHINDUCTOR_CACHE_DIR": str(directory),
+              "TRITON_CACHE_DIR": str(directory / "triton")}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _limits_from_env(env: Mapping[str, str]) -> tuple[DownloadLimits, tuple[str, ...]]:

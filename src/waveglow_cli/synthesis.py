@@ -182,27 +182,45 @@ class Piece:
         return self.hi - self.lo
 
 
+#: How much larger each piece of a stream is than the one before (up to the largest that fits).
+PIECE_GROWTH = 4
+
+
 def plan_pieces(item: int, frames: int, max_frames: int, margin: int, first: int = 0
                 ) -> list[Piece]:
-    """One piece for an item that fits ``max_frames``; else overlapping pieces with context.
+    """An item's pieces: output frames [start, end) each computed from [lo, hi), the output
+    plus up to ``margin`` frames of context on each side (none beyond the item's ends), so
+    that joined they equal the item's whole synthesis to float rounding.
 
-    With ``first`` > 0 (streaming) the item goes front to back in growing pieces whatever its
-    length: ``first`` frames of audio, then twice as many each time, up to the largest piece
-    that fits ``max_frames``.  The first audio is then ready early, and since every piece
-    carries its context margins the joined audio equals the item's whole synthesis (to float
-    rounding; each boundary costs 2 x ``margin`` frames of extra work)."""
+    Without ``first`` (files): one piece when the item fits ``max_frames``, else as few pieces
+    as ``max_frames`` allows (every boundary costs 2 x ``margin`` frames of extra work; the
+    first and last pieces need context on one side only, so they are the longest).
+
+    With ``first`` > 0 (streams): the first piece has ``first`` frames of audio, so it is ready
+    early; each next one is ``PIECE_GROWTH`` times larger, up to the largest that fits, and
+    the rest is taken in one piece as soon as it fits and is at most twice the size the next
+    piece would have: few boundaries, each with ``2 x margin`` frames of extra work."""
     if frames <= max_frames and (first <= 0 or frames <= first):
         return [Piece(item, 0, frames, 0, frames)]
     core = max_frames - 2 * margin
     if core < margin:
         raise ValueError(f"max_frames={max_frames} is too small for chunking: it must be at least "
                          f"{3 * margin} frames (3 x the {margin}-frame context margin)")
-    pieces = []
-    start, size = 0, (min(first, core) if first > 0 else core)
+    pieces: list[Piece] = []
+    start, size = 0, (min(first, core) if first > 0 else max_frames - margin)
     while start < frames:
-        end = min(frames, start + size)
+        rest = frames - start
+        fits = rest <= max_frames - (margin if start > 0 else 0)  # the last: no right margin
+        if first <= 0:
+            take = rest if fits else size
+        elif not pieces:
+            take = min(rest, size)  # a stream's first piece stays small, whatever would fit
+        else:
+            take = rest if fits and rest <= 2 * size else size
+        end = start + take
         pieces.append(Piece(item, start, end, max(0, start - margin), min(frames, end + margin)))
-        start, size = end, min(2 * size, core)
+        start = end
+        size = core if first <= 0 else min(PIECE_GROWTH * size, core)
     return pieces
 
 

@@ -28,7 +28,7 @@ def score(
     true negative log-likelihood in nats and bits per sample."""
     import json
 
-    from ..audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio
+    from ..audio_io import AUDIO_SUFFIXES, read_mono
     from ..errors import AudioFileError
     from ..jobs import discover
     from ..vocoder import load_vocoder
@@ -42,8 +42,9 @@ def score(
     failures = 0
     for item in items:
         try:
-            samples, rate = read_audio(item.source, item.display)  # type: ignore[arg-type]
-            mono, notes = prepare_audio(samples, rate, vocoder.sample_rate, item.display)
+            # Decoded a block at a time; absurd rates and over-long files refused first.
+            mono, notes = read_mono(item.source, item.display,  # type: ignore[arg-type]
+                                    vocoder.sample_rate, max_seconds=_score_seconds(vocoder))
             for text in notes:
                 stderr_console().out(f"note: {text}")
             if mono.size <= vocoder.mel_config.n_fft // 2:
@@ -61,6 +62,21 @@ def score(
                        f"nll {result.nll_nats_per_sample:.6f} nats/sample\t"
                        f"{result.bits_per_sample:.6f} bits/sample")
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
+
+
+# score runs the model over the whole file at once, so its memory grows with the audio:
+# measured ~6 bytes per mel channel and ~24 per WN channel for every sample (6 KB per sample,
+# 1.3 GB per 10 s, with the 256-channel universal model).  A file that would need more than
+# this is refused before it is decoded (the universal model scores up to ~29 s at once).
+SCORE_MEMORY_BYTES = 4 << 30
+
+
+def _score_seconds(vocoder: Any) -> float:
+    from ..audio_io import MAX_AUDIO_SECONDS
+
+    config = vocoder.config
+    per_sample = 6 * config.n_mel_channels + 24 * config.n_channels + 128
+    return min(float(MAX_AUDIO_SECONDS), SCORE_MEMORY_BYTES / per_sample / vocoder.sample_rate)
 
 
 def plot(
@@ -124,15 +140,18 @@ class _PlotProgress(ItemProgress):
 
 def _panels_for(item: Item, config: MelConfig) -> list[tuple[str, Any, str]]:
     """A mel file: its mel; an audio file: its waveform and its mel."""
-    from ..audio_io import prepare_audio, read_audio, read_bytes, read_mel, sniff
-    from ..errors import MelFileError
-    from ..inputs import audio_to_mel
+    from ..audio_io import read_bytes, read_mel, read_mono, sniff
+    from ..errors import AudioFileError, MelFileError
+    from ..mel import log_mel_frames
 
     source: Path = item.source  # type: ignore[assignment]
     name = source.name
     if sniff(read_bytes(source, item.display, MelFileError, 64)) == "audio":
-        samples, rate = read_audio(source, item.display)
-        mono, _ = prepare_audio(samples, rate, config.sample_rate, item.display)
-        mel_array, _ = audio_to_mel(source, config, item.display)
+        # Read once, a block at a time (bounded like every audio input); its mel from that.
+        mono, _ = read_mono(source, item.display, config.sample_rate)
+        try:
+            mel_array = log_mel_frames(mono, config)
+        except ValueError as e:  # too short to analyse
+            raise AudioFileError(item.display, str(e)) from None
         return [("wave", mono, f"{name}: waveform"), ("mel", mel_array, f"{name}: mel")]
     return [("mel", read_mel(source, item.display, n_mels=None), f"{name}: mel")]

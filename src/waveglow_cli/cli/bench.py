@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import DeviceOption, DownloadBar, EngineOption, errors_to_exit, load_settings
+from .common import (DeviceOption, DownloadBar, EngineOption, StepStatus, errors_to_exit,
+                     load_settings)
 
 if TYPE_CHECKING:
+    from ..progress import StatusCallback
     from ..settings import Settings
 
 
@@ -30,17 +32,21 @@ def _load_baseline(path: Path) -> Any:
     return module
 
 
-def _float32_model(checkpoint: str | None, settings: Settings) -> tuple[Any, str, int]:
+def _float32_model(checkpoint: str | None, settings: Settings, status: StatusCallback
+                   ) -> tuple[Any, str, int]:
     """(float32 model on the CPU, its name, sample rate): a random full-size model, or the
     checkpoint's weights read as ``synth`` reads them."""
     from ..bench import RANDOM_CHECKPOINT, random_model
 
     if checkpoint is None:
+        status("building a random 256-channel model")
         return random_model(), RANDOM_CHECKPOINT, 22050
     from ..cache import ensure_checkpoint
     from ..checkpoint import read_checkpoint
 
-    loaded = read_checkpoint(ensure_checkpoint(checkpoint, settings, DownloadBar()))
+    path = ensure_checkpoint(checkpoint, settings, DownloadBar())  # its bar ends before ours
+    status(f"reading {path.name}")
+    loaded = read_checkpoint(path)
     return loaded.build_model(), checkpoint, loaded.sample_rate
 
 
@@ -70,17 +76,22 @@ def bench(
     from ..engine import engine_from_float32, pick_device, pick_dtype
 
     settings = load_settings()
-    with errors_to_exit(settings, os_errors=False):
+    # On a terminal a status line says what runs (minutes, for the default model); the
+    # result alone goes to standard output.
+    with errors_to_exit(settings, os_errors=False), StepStatus() as status:
         options = BenchOptions(batch_size=batch_size, seconds=seconds, repeats=repeats)
         torch_device = pick_device(device)
         dtype = pick_dtype(precision, torch_device, options.sigma)
         module = _load_baseline(baseline) if baseline is not None else None
-        model, name, rate = _float32_model(checkpoint, settings)
+        model, name, rate = _float32_model(checkpoint, settings, status)
+        if module is not None:
+            status(f"loading the reference ({baseline})")
         reference = None if module is None else \
             baseline_reference(module.build, model, torch_device, dtype)
+        status(f"preparing the {engine} engine on {torch_device}")
         chosen = engine_from_float32(model, torch_device, dtype, engine,
                                      settings.compile_cache)
-        result = run_bench(chosen, rate, options, name, reference)
+        result = run_bench(chosen, rate, options, name, reference, status)
         result["engine"] = engine
     if as_json:
         typer.echo(json.dumps(result))

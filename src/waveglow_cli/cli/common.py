@@ -29,7 +29,7 @@ __all__ = ["EXIT_OK", "EXIT_INPUT_FAILED", "EXIT_USAGE", "DEFAULT_CHECKPOINT", "
            "MelCheckpointOption", "DeviceOption", "PrecisionOption", "QuietOption",
            "OverwriteOption", "SkipExistingOption", "OfflineOption", "JsonOption", "ItemProgress",
            "DownloadBar", "EXIT_STDOUT_CLOSED", "refuse_binary_to_terminal", "check_checkpoint",
-           "interrupts_to_exit", "end_of_job"]
+           "interrupts_to_exit", "end_of_job", "require_extra", "StepStatus"]
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -c 1`'s yes
@@ -117,6 +117,22 @@ def check_checkpoint(spec: str, settings: Settings) -> None:
         raise unknown_checkpoint_error(spec, registry)
 
 
+def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
+    """One line naming the extra to install when one of ``modules`` is missing, before torch
+    is imported or a model loaded (as ``serve`` does): found, not imported, so it costs
+    nothing where they are installed."""
+    import importlib.util
+
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken package, or a finder that refuses it
+            found = False
+        if not found:
+            raise UsageError(f"waveglow {command} needs the {extra} extra ({name} is missing): "
+                             f"pip install 'waveglow-cli[{extra}]'")
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
@@ -187,10 +203,10 @@ PrecisionOption = Annotated[str, typer.Option(
          "else fp32 (sigma 0 always fp32: matches the reference); fp32, fp16 or bf16 "
          "(faster, not exact).")]
 EngineOption = Annotated[str, typer.Option(
-    help="auto (the model itself, or the CPU bf16 fast path where --precision gives bf16 on "
-         "a CPU), eager, gpu (packed-row matrix products with a float32 coupling; any device; "
-         "not yet measured on a GPU) or compiled (gpu with torch.compile; its code is cached "
-         "under WAVEGLOW_HOME/compile-cache).")]
+    help="auto (on a CPU the packed fast path, fp32 or bf16; elsewhere the model itself), "
+         "eager (the model itself), packed (CPU), gpu (packed-row matrix products with a "
+         "float32 coupling; any device; not yet measured on a GPU) or compiled (gpu with "
+         "torch.compile; its code is cached under WAVEGLOW_HOME/compile-cache).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q",
                                            help="No progress bar, notes or summary.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace existing outputs.")]
@@ -298,16 +314,19 @@ class DownloadBar:
     stderr; nothing at all with ``quiet``.  Passed as ``progress=`` to whatever may fetch a
     checkpoint on first use."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, status: StepStatus | None = None) -> None:
         self.quiet = quiet
         self.console = stderr_console()
         self._progress = None
         self._task = None
+        self.status = status  # a status line shown before: it makes way for the bar
 
     def start(self, description: str, total: int | None, completed: int = 0) -> None:
         if self.quiet or not self.console.is_terminal:
             return
         if self._progress is None:
+            if self.status is not None:
+                self.status.stop()
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                        TimeRemainingColumn, TransferSpeedColumn)
 
@@ -333,3 +352,42 @@ class DownloadBar:
         if not self.quiet:
             (self._progress.console if self._progress is not None else self.console).out(
                 f"note: {text}")
+
+
+class StepStatus:
+    """What a long command shows while it works (a
+    :data:`~waveglow_cli.progress.StatusCallback`): on a terminal (stderr), one line with a
+    spinner, the step and its elapsed time, redrawn ten times a second so it moves even
+    through a step of minutes, and cleared at the end; nothing elsewhere (pipes, files) or
+    with ``quiet``.  It appears at the first step reported: a download bar before it
+    (:class:`DownloadBar`, its own display) has finished by then."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = stderr_console()
+        self.shown = not quiet and self.console.is_terminal
+        self._progress = None
+        self._task = None
+
+    def __call__(self, text: str) -> None:
+        if not self.shown:
+            return
+        if self._progress is None:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                      TimeElapsedColumn(), console=self.console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(text, total=None)
+        else:  # the elapsed time is the step's
+            self._progress.reset(self._task, description=text)
+
+    def __enter__(self) -> StepStatus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

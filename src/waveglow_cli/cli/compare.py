@@ -6,6 +6,8 @@ JSON object ``{"reference", "generated", "files": [row, ...], "summary": {...}, 
 [...]}``; each row has ``key, reference, generated, seconds, length_diff_s,
 log_mel_distance, mcd_db, f0_rmse_hz, voicing_error, loudness_diff_db`` and the summary
 ``files`` and the mean of each metric plus ``worst_log_mel_distance`` (null where undefined).
+Every number is finite: a pair whose metrics would not be (1e30 float samples) fails with one
+line naming the file, and the JSON stays strict JSON.
 Exit 0 when every file was compared, 1 when one failed or had no counterpart, 2 for usage.
 """
 
@@ -72,9 +74,11 @@ def compare(
             typer.echo(_row_text(row))
     summary = summarise(rows)
     if as_json:
+        # Strict JSON: every row's metrics are finite (a pair with a non-finite one failed
+        # above), so no bare NaN/Infinity can be printed; allow_nan=False makes sure of it.
         typer.echo(json.dumps({"reference": reference, "generated": generated,
                                "files": [r.as_dict() for r in rows], "summary": summary,
-                               "missing": missing}))
+                               "missing": missing}, allow_nan=False))
     else:
         typer.echo(_summary_text(summary, failures))
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)

@@ -10,7 +10,8 @@ import typer
 
 from ..errors import OutputExistsError, OutputExistsHint
 from .common import (DownloadBar, JsonOption, OfflineOption, OverwriteOption, QuietOption,
-                     check_checkpoint, errors_to_exit, load_settings, stderr_console)
+                     StepStatus, check_checkpoint, errors_to_exit, load_settings,
+                     require_extra, stderr_console)
 
 Checkpoint = Annotated[str, typer.Argument(help="Checkpoint file or registry name.")]
 Output = Annotated[str | None, typer.Option(
@@ -48,14 +49,18 @@ def export(
     settings = load_settings(offline)
     with errors_to_exit(settings):
         check_checkpoint(checkpoint, settings)
+        # onnx writes the file and onnxruntime checks it: both missing is said at once, not
+        # after torch, the model and the trace (as serve and synth -c x.onnx say theirs).
+        require_extra("export", "onnx", ("onnx", "onnxruntime"))
         from ..onnx_export import ExportOptions, export_onnx
 
         options = ExportOptions(opset=opset, dtype=dtype, batch=ExportOptions.parse_batch(batch),
                                 overwrite=overwrite)
         target = output if output is not None else f"{Path(checkpoint).stem or 'model'}.onnx"
         try:
-            result = export_onnx(checkpoint, target, options, settings=settings,
-                                 progress=DownloadBar(quiet))
+            with StepStatus(quiet) as status:  # on a terminal: what runs, for tens of seconds
+                result = export_onnx(checkpoint, target, options, settings=settings,
+                                     progress=DownloadBar(quiet), status=status)
         except OutputExistsError as e:
             raise OutputExistsHint.of(e, ("--overwrite",)) from None
     if as_json:

@@ -23,6 +23,22 @@ Queue = Annotated[int, typer.Option(
 MaxFramesPerRequest = Annotated[int | None, typer.Option(
     help="Longest mel accepted (frames); longer ones get 413. Default: ten minutes of audio.",
     min=1, show_default=False)]
+MaxConnections = Annotated[int, typer.Option(
+    help="Connections served at once (lowered to fit ulimit -n); more get 503 and are closed.",
+    min=1)]
+HeaderTimeout = Annotated[float, typer.Option(
+    help="Seconds a client has for a whole request head (and an idle keep-alive connection).",
+    min=0.001)]
+BodyTimeout = Annotated[float, typer.Option(
+    help="Seconds a request body may stall (or a client stop reading its answer) before the "
+         "connection is cut; a body slower than 1 KiB/s over that long is cut too.",
+    min=0.001)]
+GracefulTimeout = Annotated[float, typer.Option(
+    help="On SIGTERM, seconds the requests being synthesised have to finish (bodies still "
+         "arriving are cut at once).", min=0.0)]
+MaxBodyMemoryMb = Annotated[float, typer.Option(
+    help="MiB all request bodies being received and parsed may hold together; beyond, 503 "
+         "with Retry-After.", min=1.0)]
 
 
 def serve(
@@ -36,6 +52,11 @@ def serve(
     max_wait_ms: MaxWaitMs = 10.0,
     queue: Queue = 256,
     max_frames_per_request: MaxFramesPerRequest = None,
+    max_connections: MaxConnections = 512,
+    header_timeout: HeaderTimeout = 10.0,
+    body_timeout: BodyTimeout = 30.0,
+    graceful_timeout: GracefulTimeout = 30.0,
+    max_body_memory_mb: MaxBodyMemoryMb = 256.0,
 ) -> None:
     """Serve synthesis over HTTP: POST /v1/synthesize (a mel in, audio streamed out),
     GET /health, /v1/models, /metrics. SIGTERM finishes the requests in flight, then exits 0."""
@@ -45,6 +66,7 @@ def serve(
     with errors_to_exit(settings):
         check_checkpoint(checkpoint, settings)
         try:
+            from ..serve.connections import ConnectionLimits
             from ..serve.server import bind_socket, run_server, url_of
         except ImportError as e:
             raise UsageError(f"waveglow serve needs the serve extra ({e.name} is missing): "
@@ -57,7 +79,10 @@ def serve(
         from ..vocoder import load_vocoder
 
         options = ServeOptions(checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               queue=queue, max_frames_per_request=max_frames_per_request)
+                               queue=queue, max_frames_per_request=max_frames_per_request,
+                               max_body_memory=int(max_body_memory_mb * 2**20))
+        limits = ConnectionLimits(max_connections, header_timeout, body_timeout,
+                                  graceful_timeout)
         return_freed_memory_promptly()
         torch_device = pick_device(device)
         # The dtype synth picks for sampled noise; where --precision auto gives sigma 0
@@ -75,4 +100,4 @@ def serve(
     line = f"serving {checkpoint} on {url_of(host, sock)}"
     # uvicorn re-raises SIGTERM for this handler once it has shut down gracefully: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    run_server(app, sock, lambda: stderr_console().out(line))
+    run_server(app, sock, lambda: stderr_console().out(line), limits=limits)

@@ -12,8 +12,9 @@ import typer
 from ..errors import UsageError
 from ..settings import Shard
 from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointOption,
-                     DeviceOption, DownloadBar, EngineOption, ItemProgress, OverwriteOption, PrecisionOption,
-                     QuietOption, SkipExistingOption, check_checkpoint, end_of_job,
+                     DeviceOption, DownloadBar, EngineOption, ItemProgress, OverwriteOption,
+                     PrecisionOption, QuietOption, SkipExistingOption, StepStatus,
+                     check_checkpoint, end_of_job,
                      errors_to_exit, interrupts_to_exit, load_settings,
                      refuse_binary_to_terminal)
 
@@ -60,10 +61,11 @@ Format = Annotated[str | None, typer.Option(
                      "the exact length), raw (headerless little-endian PCM, streamed, for "
                      "aplay/ffplay) or flac (written at the end). Files take theirs from "
                      "the extension.", show_default=False)]
-FirstPiece = Annotated[int, typer.Option(
+FirstPiece = Annotated[int | None, typer.Option(
     help="One input is made front to back in growing pieces, the first of this many frames, "
-         "so its first audio comes early (to standard output, as it is made); 0: whole.",
-    min=0)]
+         "so its first audio comes early; 0: whole. Default: 32 for standard output (-o -), "
+         "whole for a file (-o - equals -o f.wav --first-piece 32 byte for byte).",
+    min=0, show_default=False)]
 Plot = Annotated[bool, typer.Option(
     "--plot", help="Also write <stem>.png (input mel and output waveform) beside each output; "
                    "needs the [plot] extra.")]
@@ -93,7 +95,7 @@ def synth(
     quiet: QuietOption = False,
     plot: Plot = False,
     format: Format = None,
-    first_piece: FirstPiece = 32,
+    first_piece: FirstPiece = None,
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
     from ..jobs import OutputPolicy, all_ranks_sum
@@ -105,13 +107,15 @@ def synth(
         _check_mel_from(mel_from, mel_stats)
         check_checkpoint(checkpoint, settings)
     with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
-        job = _synthesis_job(
-            settings, shard, policy, checkpoint=checkpoint, sigma=sigma, seed=seed,
-            device=device, precision=precision, engine=engine, subtype=subtype,
-            denoiser_strength=denoiser_strength, batch_size=batch_size, max_frames=max_frames,
-            batch_frames=batch_frames, mel_layout=mel_layout, mel_scale=mel_scale,
-            mel_from=mel_from, mel_stats=mel_stats,
-            fail_fast=fail_fast, plot=plot, stdout_format=format or "wav", first_piece=first_piece)
+        with StepStatus(quiet) as status:  # on a terminal: torch starting, the model loading
+            job = _synthesis_job(
+                settings, shard, policy, status, checkpoint=checkpoint, sigma=sigma, seed=seed,
+                device=device, precision=precision, engine=engine, subtype=subtype,
+                denoiser_strength=denoiser_strength, batch_size=batch_size,
+                max_frames=max_frames, batch_frames=batch_frames, mel_layout=mel_layout,
+                mel_scale=mel_scale, mel_from=mel_from, mel_stats=mel_stats,
+                fail_fast=fail_fast, plot=plot, stdout_format=format or "wav",
+                first_piece=first_piece)
         with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
                           audio=True) as progress:
             summary = job.run(items, outputs, progress)
@@ -158,14 +162,19 @@ def _check_mel_from(mel_from: str | None, mel_stats: str | None) -> None:
     resolve_convention(mel_from)
 
 
-def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, checkpoint: str,
+def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy,
+                   status: StepStatus, *, checkpoint: str,
                    sigma: float, seed: int | None, device: str, precision: str, engine: str,
                    subtype: str,
                    denoiser_strength: float, batch_size: int, max_frames: int | None,
                    batch_frames: int | None, mel_layout: str, mel_scale: str,
                    mel_from: str | None, mel_stats: str | None, fail_fast: bool,
-                   plot: bool, stdout_format: str, first_piece: int) -> SynthesisJob:
-    """The vocoder for the device and precision asked for, and the job around it."""
+                   plot: bool, stdout_format: str, first_piece: int | None) -> SynthesisJob:
+    """The vocoder for the device and precision asked for, and the job around it; each step
+    that takes seconds (torch starting, the checkpoint read and prepared) told to ``status``."""
+    status("starting torch")
+    from ..bench import precision_name
+    from ..cache import ensure_checkpoint
     from ..jobs import synthesis_job
     from ..engine import pick_device, pick_dtype
     from ..synthesis import BatchOptions, SynthesisOptions
@@ -180,9 +189,12 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy, *, ch
         if torch.cuda.is_available():
             device = f"cuda:{shard.local_rank % torch.cuda.device_count()}"
     torch_device = pick_device(device)
-    vocoder = load_vocoder(checkpoint, torch_device, pick_dtype(precision, torch_device, sigma),
-                           settings=settings, denoise=denoiser_strength > 0,
-                           progress=DownloadBar(), engine=engine)
+    dtype = pick_dtype(precision, torch_device, sigma)
+    # A download first, with its own bar; then the status again while the model is prepared.
+    path = ensure_checkpoint(checkpoint, settings, DownloadBar(status=status))
+    status(f"loading {Path(path).name} ({precision_name(dtype)} on {torch_device})")
+    vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
+                           denoise=denoiser_strength > 0, engine=engine)
     batching = BatchOptions.for_device(torch_device, vocoder.config, batch_size=batch_size,
                                        max_frames=max_frames, batch_frames=batch_frames)
     if plot:

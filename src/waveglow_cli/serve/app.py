@@ -1,9 +1,10 @@
 """The HTTP app: four routes over a loaded :class:`~waveglow_cli.vocoder.Vocoder`.
 
 ``create_app(vocoder, options)`` gives a Starlette app whose lifespan starts and stops the
-synthesis worker (:mod:`.batcher`).  ``POST /v1/synthesize`` reads and checks the body within
-the limits (:mod:`.protocol`, parsed off the event loop), queues the request and answers with
-its audio as it is made (:mod:`.stream`).  ``GET /health``, ``GET /v1/models`` and
+synthesis worker (:mod:`.batcher`).  ``POST /v1/synthesize`` reads and checks the body as it
+arrives, within the limits and the server's memory budget for bodies (:mod:`.body`, parsed
+off the event loop), queues the request and answers with its audio as it is made
+(:mod:`.stream`).  ``GET /health``, ``GET /v1/models`` and
 ``GET /metrics`` describe the server.
 """
 
@@ -25,15 +26,19 @@ from starlette.routing import Route
 
 from ..synthesis import FIRST_PIECE_FRAMES, BatchOptions, SynthesisOptions, Synthesizer
 from .batcher import Batcher, BatcherOptions, Job
+from .body import BodyBudget, read_request
 from .metrics import ServerMetrics
-from .protocol import Limits, RequestError, RequestTooLarge, default_max_frames, may_be_json, \
-    parse_request
+from .protocol import Limits, RequestError, default_max_frames
 from .stream import AudioStream, error_response
 
 if TYPE_CHECKING:
     from ..vocoder import Vocoder
 
 SECONDS_PER_REQUEST_LIMIT = 600.0  # the default --max-frames-per-request: ten minutes of audio
+DEFAULT_BODY_MEMORY_BYTES = 256 * 2**20  # --max-body-memory-mb
+# How long the lifespan's end waits for the worker's current piece once the requests are done
+# or cut (it skips the pieces of requests whose clients are gone; a daemon thread after that).
+WORKER_STOP_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,13 @@ class ServeOptions:
     max_frames_per_request: int | None = None  # None: ten minutes of audio
     batch: BatchOptions | None = None   # None: synth's defaults for the device, front to back
     retry_after_s: int = 1              # what a 503 tells the client to wait
+    max_body_memory: int = DEFAULT_BODY_MEMORY_BYTES  # bytes all bodies being read may hold
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.queue < 1 or not self.max_wait_ms >= 0:
             raise ValueError("--max-batch and --queue must be >= 1, --max-wait-ms >= 0")
+        if self.max_body_memory < 1:
+            raise ValueError("--max-body-memory-mb must be > 0")
         if self.max_frames_per_request is not None and self.max_frames_per_request < 1:
             raise ValueError("--max-frames-per-request must be >= 1")
 
@@ -65,6 +73,7 @@ class ServerState:
     limits: Limits
     metrics: ServerMetrics
     samples: Callable[[int], int]  # mel frames -> samples of audio (Synthesizer.samples)
+    budget: BodyBudget             # the memory for bodies being received and parsed
 
 
 def batch_options(vocoder: Vocoder, options: ServeOptions) -> BatchOptions:
@@ -105,7 +114,8 @@ def create_app(vocoder: Vocoder, options: ServeOptions,
                       BatcherOptions(options.max_batch, options.max_wait_ms / 1000.0,
                                      options.queue), metrics)
     state = ServerState(vocoder, options, batcher, Limits(config.n_mel_channels, max_frames),
-                        metrics, vocoder.synthesizer().samples)
+                        metrics, vocoder.synthesizer().samples,
+                        BodyBudget(options.max_body_memory, metrics.body_memory.set))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -113,8 +123,9 @@ def create_app(vocoder: Vocoder, options: ServeOptions,
         try:
             yield
         finally:
-            # uvicorn has finished the requests in flight by now; the worker ends once idle.
-            await run_in_threadpool(batcher.stop)
+            # The server has finished (or, past --graceful-timeout, cut) the requests in
+            # flight by now; the worker ends once idle.
+            await run_in_threadpool(batcher.stop, WORKER_STOP_WAIT_S)
 
     async def synthesize(request: Request) -> Response | AudioStream:
         return await _synthesize(state, request)
@@ -160,22 +171,21 @@ def _model_description(state: ServerState) -> dict[str, object]:
 async def _synthesize(state: ServerState, request: Request) -> Response | AudioStream:
     """Read, check, queue; the response streams the audio (or says what was wrong)."""
     arrived = time.monotonic()
-    content_type = request.headers.get("content-type")
+    retry = {"retry-after": str(state.options.retry_after_s)}
     try:
-        body = await _read_body(request, state.limits.body_bytes(
-            json_body=may_be_json(content_type)))
-        parsed = await run_in_threadpool(parse_request, body, content_type,
-                                         dict(request.query_params), state.limits)
+        parsed = await read_request(request, state.limits, state.budget)
     except ClientDisconnect:
         state.metrics.answered(499)
         return Response(status_code=499)  # nobody reads it
     except RequestError as e:
         state.metrics.answered(e.status)
-        return error_response(e.status, e.reason, close=isinstance(e, RequestTooLarge))
+        # The body may be unread: the connection cannot carry another request.
+        return error_response(e.status, e.reason, close=True,
+                              headers=retry if e.status == 503 else None)
     except MemoryError:
         state.metrics.answered(503)
         return error_response(503, "out of memory reading the request; retry later",
-                              headers={"retry-after": str(state.options.retry_after_s)})
+                              close=True, headers=retry)
     params = parsed.params
     loop = asyncio.get_running_loop()
     job = Job(state.batcher.new_key(), parsed.mel, params.sigma, params.denoiser_strength,
@@ -183,25 +193,6 @@ async def _synthesize(state: ServerState, request: Request) -> Response | AudioS
     if not state.batcher.submit(job):
         state.metrics.answered(503)
         return error_response(503, "the server is busy (its queue is full); retry later",
-                              headers={"retry-after": str(state.options.retry_after_s)})
+                              headers=retry)
     return AudioStream(state.batcher, state.metrics, job, params, state.vocoder.sample_rate,
                        state.samples(parsed.frames))
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) once it is larger than ``limit``: by its Content-Length before
-    reading anything, and by counting while reading (chunked bodies declare none)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(f"bad Content-Length {declared[:40]!r}")
-        if int(declared) > limit:
-            raise RequestTooLarge(f"body of {int(declared)} bytes is larger than this server's "
-                                  f"limit of {limit} bytes")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise RequestTooLarge(f"body is larger than this server's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

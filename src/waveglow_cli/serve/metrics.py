@@ -36,6 +36,9 @@ class ServerMetrics:
                                "streamed", registry=r)
         self.audio_seconds = Counter("waveglow_audio_seconds", "Seconds of audio sent",
                                      registry=r)
+        self.body_memory = Gauge("waveglow_body_memory_bytes", "Bytes held by request bodies "
+                                 "being received and parsed (--max-body-memory-mb)",
+                                 registry=r)
         self.failures = Counter("waveglow_worker_failures", "Batches whose synthesis raised "
                                 "(their requests failed; the worker went on)", registry=r)
 

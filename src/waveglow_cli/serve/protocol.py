@@ -21,8 +21,12 @@ import numpy as np
 
 from ..audio_io import read_mel, validate_mel
 from ..audio_out import STREAM_FORMATS, SUBTYPES
-from ..errors import InputFileError, UsageError
+from ..errors import InputFileError
 from ..synthesis import item_seed, noise_seed
+from .jsonmel import MelJsonReader
+from .refusals import RequestError, RequestTooLarge, ServerBusy
+
+__all__ = ["RequestError", "RequestTooLarge", "ServerBusy"]  # re-exported: where they are met
 
 DEFAULT_SIGMA = 0.6  # as `waveglow synth` (NVIDIA's recommended inference sigma)
 PARAMETERS = ("sigma", "seed", "key", "denoiser_strength", "format", "subtype")
@@ -33,23 +37,6 @@ SEED_BOUND = 2**63
 JSON_BYTES_PER_VALUE = 24
 BODY_SLACK_BYTES = 64 * 1024
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "raw": "application/octet-stream"}
-
-
-class RequestError(UsageError):
-    """A request the server refuses; ``status`` is the HTTP status it is answered with and
-    ``reason`` the one line of its JSON error."""
-
-    status = 400
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class RequestTooLarge(RequestError):
-    """The body or the mel is larger than the server's limits (413)."""
-
-    status = 413
 
 
 @dataclass(frozen=True)
@@ -120,16 +107,27 @@ def may_be_json(content_type: str | None) -> bool:
 
 def parse_request(body: bytes, content_type: str | None, query: Mapping[str, str],
                   limits: Limits) -> SynthesisRequest:
-    """The request's mel and parameters; a :class:`RequestError` for anything wrong."""
-    fields: dict[str, object] = dict(query)
+    """The request's mel and parameters from a whole body; a :class:`RequestError` for
+    anything wrong.  (The server reads bodies as they arrive, :mod:`.body`, to the same
+    result.)"""
     if is_json(content_type, body[:64]):
-        array, extra = _json_mel(body)
-        mel = check_mel(array, limits.n_mels)
-        fields.update(extra)
-    else:
-        mel = _binary_mel(body, limits)
-    params = parse_params(fields)
-    return SynthesisRequest(_within(mel, limits), params)
+        reader = MelJsonReader(limits.n_mels, limits.max_frames)
+        reader.feed(body)
+        mel, fields = reader.finish()
+        return json_request(mel, fields, query, limits)
+    return SynthesisRequest(binary_mel(body, limits), parse_params(query))
+
+
+def json_request(mel: np.ndarray, fields: dict[str, object], query: Mapping[str, str],
+                 limits: Limits) -> SynthesisRequest:
+    """A JSON body's request: its mel (rows as read by :class:`MelJsonReader`) checked as a
+    file's is, its other fields over the query's parameters."""
+    unknown = sorted(set(fields) - set(PARAMETERS))
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}; fields are mel, "
+                           f"{', '.join(PARAMETERS)}")
+    mel = _within(check_mel(mel, limits.n_mels), limits)
+    return SynthesisRequest(mel, parse_params({**query, **fields}))
 
 
 def _within(mel: np.ndarray, limits: Limits) -> np.ndarray:
@@ -140,40 +138,15 @@ def _within(mel: np.ndarray, limits: Limits) -> np.ndarray:
     return mel
 
 
-def _binary_mel(body: bytes, limits: Limits) -> np.ndarray:
+def binary_mel(body: bytes, limits: Limits) -> np.ndarray:
+    """A ``.npy``/``.pt`` body's mel, read as ``synth`` reads a file, within the limits."""
     if not body:
         raise RequestError("empty body: send a mel as .npy bytes or JSON {\"mel\": [[...]]}")
     try:
         mel = read_mel(body, "request body", n_mels=limits.n_mels, layout="auto")
     except InputFileError as e:
         raise RequestError(e.reason) from None
-    return np.ascontiguousarray(mel, dtype=np.float32)
-
-
-def _json_mel(body: bytes) -> tuple[np.ndarray, dict[str, object]]:
-    """(the mel as a float32 array, the other fields) of a JSON body; checked for shape and
-    values by the caller's :func:`validate_mel`."""
-    try:
-        data = json.loads(body)
-    except RecursionError:
-        raise RequestError("body nests JSON too deeply") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise RequestError(f"body is not valid JSON ({str(e)[:120]})") from None
-    if not isinstance(data, dict) or "mel" not in data:
-        raise RequestError("JSON body must be an object with a \"mel\" field "
-                           "(n_mels rows of frames)")
-    unknown = sorted(set(data) - set(PARAMETERS) - {"mel"})
-    if unknown:
-        raise RequestError(f"unknown field {unknown[0]!r}; fields are mel, "
-                           f"{', '.join(PARAMETERS)}")
-    try:
-        array = np.array(data.pop("mel"))  # no dtype: strings and booleans must not convert
-    except (ValueError, TypeError, RecursionError):
-        raise RequestError("\"mel\" must be a list of n_mels rows of equally many numbers "
-                           "(its rows differ in length)") from None
-    if array.dtype.kind not in "fiu":
-        raise RequestError("\"mel\" must be a list of n_mels rows of numbers")
-    return array.astype(np.float32), data
+    return _within(np.ascontiguousarray(mel, dtype=np.float32), limits)
 
 
 def check_mel(mel: np.ndarray, n_mels: int) -> np.ndarray:

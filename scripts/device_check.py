@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from waveglow_cli.bench import (BenchOptions, baseline_reference,  # noqa: E402
                                 random_model, run_bench, synthetic_mel)
 from waveglow_cli.engine import engine_from_float32  # noqa: E402
+from waveglow_cli.checkpoint import read_checkpoint  # noqa: E402
 from waveglow_cli.model import WaveGlowConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -180,7 +181,7 @@ def folder_child(args: argparse.Namespace) -> None:
                         debug=True)
     device = torch.device(args.device)
     vocoder = load_vocoder(args.checkpoint, "cpu", torch.float32, settings=settings)
-    vocoder.engine = engine_from_float32(vocoder.checkpoint.build_model(), device,
+    vocoder.engine = engine_from_float32(read_checkpoint(vocoder.path).build_model(), device,
                                          DTYPES[args.precision], args.engine, Path(args.cache))
     batch = BatchOptions.for_device(device, vocoder.engine.config)
     job = synthesis_job(vocoder, SynthesisOptions(sigma=0.6, seed=1), batch, first_piece=0)
@@ -300,7 +301,7 @@ def snr_trained(args: argparse.Namespace, size: dict, cache: Path, home: Path) -
         mel = mel_spectrogram(audio, vocoder.mel_config)[0].numpy()
         mels.append((path.name, mel[:, :size["snr_frames"]] if size["snr_frames"] else mel))
     options = SynthesisOptions(sigma=0.6, seed=0)
-    model = vocoder.checkpoint.build_model()
+    model = vocoder.model  # float32 (the loaded vocoder keeps its weights in its engine)
     exact = make_engine(args, model, device, torch.float32, "gpu" if args.short else "eager",
                         cache)
     reference = dict(Synthesizer(exact, options, BatchOptions()).run(mels))

@@ -137,6 +137,29 @@ def read_until_closed(leader: int) -> bytes:
     return shown
 
 
+def one_error_line(err: str, *needles: str) -> str:
+    """The single "error:" line of a run's stderr, holding each of ``needles``; no traceback."""
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def communicate_or_fail(proc: subprocess.Popen, timeout: float, what: str) -> tuple[bytes, bytes]:
+    """(stdout, stderr) of ``proc`` (started with ``start_new_session=True``); past ``timeout``
+    (a hang) its whole process group is killed and the test fails naming ``what``."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{what} did not end within {timeout} s (killed)")
+
+
 def run_cli(*args, input=None, env=None, cwd=None):
     """Run the real console entry point in a subprocess (as a user would)."""
     full_env = {**os.environ, "WAVEGLOW_OFFLINE": "1", **(env or {})}

@@ -127,7 +127,8 @@ def test_skip_existing_rewrites_nothing(tmp_path, mel_folder, tiny_checkpoint):
     stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.wav")}
     r = run_cli("synth", folder, "-o", out, "-c", tiny_checkpoint, "--skip-existing")
     assert r.returncode == 0, r.stderr.decode()
-    assert r.stderr.decode().strip().splitlines()[-1] == f"written 0, skipped {len(mels)}, failed 0"
+    assert r.stderr.decode().strip().splitlines()[-1] == \
+        f"written 0, exist 0, skipped {len(mels)}, failed 0"
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*.wav")} == stamps
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
 
@@ -177,7 +178,7 @@ def test_torchrun_two_processes_make_the_same_files(tmp_path, mel_folder, tiny_c
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     # each rank did its half
-    assert r.stderr.decode().count(f"written {len(mels) // 2}, skipped 0, failed 0") == 2
+    assert r.stderr.decode().count(f"written {len(mels) // 2}, exist 0, skipped 0, failed 0") == 2
     got = {p.relative_to(out).with_suffix("").as_posix(): sf.read(p, dtype="float32")[0]
            for p in out.rglob("*.wav")}
     assert sorted(got) == sorted(single)

@@ -114,7 +114,7 @@ def test_pt_format_and_overwrite_rules(tmp_path):
     tensor = torch.load(tmp_path / "a.pt", weights_only=True)
     assert tensor.dtype == torch.float32 and tensor.shape[0] == 80
     r = run_cli("mel", tmp_path / "a.wav", "--format", "pt")
-    assert r.returncode == 1 and b"--overwrite" in r.stderr
+    assert r.returncode == 0 and b"exist 1" in r.stderr and b"--overwrite" in r.stderr
     r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "a.wav", "--overwrite")
     assert r.returncode == 2 and b"refusing to overwrite an input" in r.stderr
     assert sf.info(tmp_path / "a.wav").frames > 0
@@ -166,7 +166,7 @@ def test_format_follows_the_output_suffix_and_a_summary_is_printed(tmp_path):
     r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "x.pt")
     assert r.returncode == 0, r.stderr.decode()
     assert torch.load(tmp_path / "x.pt", weights_only=True).shape[0] == 80
-    assert r.stderr.decode().strip() == "written 1, skipped 0, failed 0"
+    assert r.stderr.decode().strip() == "written 1, exist 0, skipped 0, failed 0"
     r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "x.npy", "--format", "pt")
     assert r.returncode == 2 and b"--format" in r.stderr and not (tmp_path / "x.npy").exists()
     r = run_cli("mel", tmp_path / "a.wav", "-o", tmp_path / "y.npy", "--format", "npy", "-q")

@@ -376,11 +376,32 @@ def test_onnx_files_are_recognised_by_suffix_or_first_bytes(tmp_path, exported, 
 
 
 def test_commands_that_need_weights_name_an_onnx_file_for_what_it_is(exported, tmp_path):
-    """info, convert and score read checkpoints: an exported graph is named as one, with the
-    commands that do run it, in one line."""
-    for args in (("info", exported), ("convert", exported, tmp_path / "x.safetensors")):
-        r = run_cli(*args, env=ONE_THREAD)
-        lines = r.stderr.decode().strip().splitlines()
-        assert r.returncode == 1 and len(lines) == 1, r.stderr
-        assert "an ONNX export, not a checkpoint" in lines[0] and "synth -c FILE" in lines[0]
+    """convert and score read checkpoints: an exported graph is named as one, with the
+    commands that do take it, in one line."""
+    r = run_cli("convert", exported, tmp_path / "x.safetensors", env=ONE_THREAD)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "an ONNX export, not a checkpoint" in lines[0] and "synth -c FILE" in lines[0]
+    assert "info FILE" in lines[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_info_shows_what_an_onnx_export_declares(exported, tiny_checkpoint):
+    """issue 27: `info model.onnx` shows the export's metadata instead of refusing it."""
+    r = run_cli("info", exported, "--json", env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["format"] == "onnx" and data["sha256"] == sha256_file(exported)
+    assert data["architecture"] == read_checkpoint(tiny_checkpoint).config.to_dict()
+    assert data["mel"]["n_mels"] == N_MELS and data["sample_rate"] == 22050
+    onnx_info = data["onnx"]
+    assert onnx_info["source_sha256"] == sha256_file(tiny_checkpoint)
+    assert (onnx_info["opset"], onnx_info["precision"], onnx_info["batch"]) == ("17", "fp32",
+                                                                                 "dynamic")
+    assert onnx_info["verified"].startswith("max abs difference")
+    r = run_cli("info", exported, env=ONE_THREAD)
+    text = r.stdout.decode()
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert "ONNX export" in text and f"sha256 {onnx_info['source_sha256']}" in text
+    assert f"verified:     at export, onnxruntime against the torch engine: " \
+           f"{onnx_info['verified']}" in text

@@ -58,7 +58,8 @@ def assert_batch_went_on(r, out, bad: dict[str, str], good=("a", "c")) -> None:
         assert reason in line, line
     assert sorted(p.stem for p in out.glob("*.wav")) == sorted(good)
     summary = r.stderr.decode().strip().splitlines()[-1]
-    assert summary.startswith(f"written {len(good)}, skipped 0, failed {len(bad)}"), summary
+    assert summary.startswith(f"written {len(good)}, exist 0, skipped 0, failed {len(bad)}"), \
+        summary
 
 
 def test_dev_zero_is_refused_at_once(tmp_path, tiny_checkpoint):

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_cli
+from conftest import communicate_or_fail, one_error_line, run_cli
 from waveglow_cli.conventions import (MAX_CONVENTION_BYTES, convention_from_toml,
                                       load_mel_stats, resolve_convention)
 from waveglow_cli.errors import AudioFileError, UsageError
@@ -53,25 +53,10 @@ def run_measured(tmp_path: Path, *args: object, env: dict[str, str] | None = Non
     proc = subprocess.Popen([sys.executable, "-c", wrapper, str(rss_file), sys.executable, "-m",
                              "waveglow_cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=full_env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"waveglow {' '.join(map(str, args))} did not end within {timeout} s")
+    out, err = communicate_or_fail(proc, timeout, f"waveglow {' '.join(map(str, args))}")
     kib = int(rss_file.read_text()) if rss_file.exists() else 0
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     return proc.returncode, out.decode(), err.decode(), kib * scale
-
-
-def one_error_line(err: str, *needles: str) -> str:
-    """The single "error:" line of a run (with each of ``needles``), no traceback."""
-    assert "Traceback" not in err and "internal error" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ def test_interrupted_folder_synth_says_how_to_resume(tmp_path, tiny_checkpoint, 
     assert proc.returncode == code, err
     summary, hint = err.strip().splitlines()[-2:]
     written = sorted(out.iterdir())
-    assert summary.startswith(f"written {len(written)}, skipped 0, failed 0")
+    assert summary.startswith(f"written {len(written)}, exist 0, skipped 0, failed 0")
     assert name in hint and "--skip-existing" in hint
     assert 0 < len(written) < 12 and all(p.suffix == ".wav" for p in written)  # no temp files
     assert all(sf.info(p).frames == 300 * 256 for p in written)

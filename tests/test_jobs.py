@@ -86,19 +86,23 @@ def test_a_folder_job_gives_per_item_results_and_a_summary(vocoder, folder, tmp_
     assert len(progress.advances) == 4
     assert summary.seconds == pytest.approx((9 + 5 + 7) * 256 / 22050)
     assert progress.advances[-1] == summary.seconds
-    assert summary.line() == f"written 3, skipped 0, failed 1 ({summary.seconds:.1f} s of audio)"
+    assert summary.line() == \
+        f"written 3, exist 0, skipped 0, failed 1 ({summary.seconds:.1f} s of audio)"
     audio, rate = sf.read(tmp_path / "out" / "sub" / "d.wav", dtype="float32")
     assert rate == 22050 and audio.shape == (7 * 256,)
     expected = vocoder(np.load(folder / "sub" / "d.npy"), sigma=0.0).numpy()
     assert np.abs(audio - np.clip(expected, -1, 1)).max() <= 1 / 32767 + 1e-6  # PCM_16
 
-    # again: every output exists; skipped under the skip policy, failed (named) by default
+    # again: every output exists; skipped under the skip policy, kept and counted apart by
+    # default (not failed: only the unreadable input fails again)
     from waveglow_cli.jobs import OutputPolicy
 
     again = synthesis_job(vocoder, policy=OutputPolicy(skip_existing=True)).run(items, outputs)
     assert (again.written, again.skipped, again.failed) == (0, 3, 1)
-    refused = synthesis_job(vocoder).run(items, outputs)
-    assert refused.failed == 4 and "exists" in str(refused.results[-1].error)
+    kept = synthesis_job(vocoder).run(items, outputs)
+    assert (kept.written, kept.existing, kept.skipped, kept.failed) == (0, 3, 0, 1)
+    assert kept.existing_targets() == [tmp_path / "out" / name
+                                       for name in ("a.wav", "b.wav", "sub/d.wav")]
 
 
 def test_fail_fast_stops_at_the_first_failure(vocoder, folder, tmp_path):

@@ -222,14 +222,14 @@ def test_synth_twice_in_place_with_skip_existing_rewrites_nothing(tmp_path, tiny
     before = {p: fingerprint(p) for p in (folder / "a.wav", folder / "sub" / "b.wav")}
     r = cli("synth", folder, "-c", tiny_safetensors, "--device", "cpu", "--skip-existing")
     assert r.returncode == 0, r.stderr.decode()
-    assert "written 0, skipped 2, failed 0" in r.stderr.decode()
+    assert "written 0, exist 0, skipped 2, failed 0" in r.stderr.decode()
     assert {p: fingerprint(p) for p in before} == before
     # into an output folder inside the input folder: its wavs are planned outputs, not inputs
     out = folder / "out"
     for flags in ((), ("--skip-existing",)):
         r = cli("synth", folder, "-o", out, "-c", tiny_safetensors, "--device", "cpu", *flags)
         assert r.returncode == 0, r.stderr.decode()
-    assert "written 0, skipped 2, failed 0" in r.stderr.decode()
+    assert "written 0, exist 0, skipped 2, failed 0" in r.stderr.decode()
 
 
 def test_mel_then_synth_in_one_folder(tmp_path, tiny_safetensors):
@@ -242,9 +242,9 @@ def test_mel_then_synth_in_one_folder(tmp_path, tiny_safetensors):
     assert r.returncode == 0, r.stderr.decode()
     original = fingerprint(recording)
     r = cli("synth", folder, "-c", tiny_safetensors, "--device", "cpu")
-    assert r.returncode == 1
+    assert r.returncode == 0, r.stderr.decode()  # kept and said: not a failure
     lines = r.stderr.decode().splitlines()
-    assert any("a.wav: output exists" in line for line in lines), lines
+    assert any("a.wav: output exists already, kept" in line for line in lines), lines
     assert "two inputs" not in r.stderr.decode()
     assert fingerprint(recording) == original
     r = cli("synth", folder, "-c", tiny_safetensors, "--device", "cpu", "--skip-existing")
@@ -264,7 +264,7 @@ def test_synth_then_mel_in_one_folder(tmp_path, tiny_safetensors):
     assert r.returncode == 0, r.stderr.decode()
     original = fingerprint(mel)
     r = cli("mel", folder, "-c", tiny_safetensors)
-    assert r.returncode == 1 and b"a.npy: output exists" in r.stderr
+    assert r.returncode == 0 and b"a.npy: output exists already, kept" in r.stderr
     r = cli("mel", folder, "-c", tiny_safetensors, "--skip-existing")
     assert r.returncode == 0, r.stderr.decode()
     assert fingerprint(mel) == original
@@ -376,7 +376,7 @@ def test_unexpected_errors_name_their_file():
 def test_a_lost_race_counts_as_skipped_under_skip_existing(tmp_path):
     """Two resumed runs on one folder: the one that loses the claim on a file keeps the
     winner's file and counts it as skipped, not as a failure (exit 0); without
-    --skip-existing it is that item's named error."""
+    --skip-existing it counts as existing (kept, as if it had been there from the start)."""
     from waveglow_cli.jobs import Item, OutputPolicy, run_items
 
     source = tmp_path / "a.wav"
@@ -392,5 +392,7 @@ def test_a_lost_race_counts_as_skipped_under_skip_existing(tmp_path):
     assert (summary.failed, summary.skipped) == (0, 1)
     assert target.read_bytes() == b"theirs"
     target.unlink()
-    assert run_items(items, outputs, OutputPolicy(), handle).failed == 1
+    summary = run_items(items, outputs, OutputPolicy(), handle)
+    assert (summary.failed, summary.existing) == (0, 1)
+    assert "output exists" in str(summary.results[0].error)  # kept with the result
     assert target.read_bytes() == b"theirs"

@@ -34,15 +34,19 @@ def _mels(n: int, frames: int = 40) -> dict[str, np.ndarray]:
 
 
 class Produced(SilentProgress):
-    """A JobProgress that counts the audio blocks made (called on the synthesis thread)."""
+    """A JobProgress that counts the audio blocks made (called on the synthesis thread).  It is
+    told the audio made so far after every flow of every forward pass; a block is made when
+    that reaches the end of one.  ``frames``: the blocks' lengths, in the order made."""
 
-    def __init__(self) -> None:
+    def __init__(self, frames: list[int], sample_rate: int = 22050, hop: int = 256) -> None:
+        ends = np.cumsum(frames) * hop / sample_rate
+        self.ends = [float(end) for end in ends]
         self.blocks = 0
         self.changed = threading.Condition()
 
     def produced(self, seconds: float) -> None:
         with self.changed:
-            self.blocks += 1
+            self.blocks = sum(seconds >= end - 1e-9 for end in self.ends)
             self.changed.notify_all()
 
     def wait_for(self, blocks: int) -> bool:
@@ -63,7 +67,7 @@ def _job(vocoder, mels, writer, window=64):
 
 
 def test_the_next_item_is_synthesised_while_the_writer_works(vocoder):
-    progress = Produced()
+    progress = Produced([40] * 3)
     overlapped = []
 
     def writer(item, target, mel, blocks):
@@ -98,13 +102,13 @@ def test_the_next_window_is_read_while_this_one_is_written(vocoder):
 
     job, items = _job(vocoder, mels, writer, window=1)
     job.load = load
-    summary = job.run(items, [None] * 3, Produced())
+    summary = job.run(items, [None] * 3, Produced([40] * 3))
     assert summary.written == 3 and overlapped == [True]
     assert read == [str(Path(k)) for k in mels]
 
 
 def test_a_slow_writer_bounds_the_audio_held_in_flight(vocoder):
-    progress = Produced()
+    progress = Produced([8] * 16)
     written = []
     most_ahead = []
 
@@ -152,7 +156,7 @@ def test_an_interrupt_leaves_no_partial_file_and_counts_what_was_published(vocod
     class InterruptOnSecondBlock(Produced):
         def produced(self, seconds: float) -> None:
             super().produced(seconds)
-            if self.blocks == 2:  # m1's first piece is with the writer, its file open
+            if self.blocks == 2:  # the whole items first: m0 is with the writer, m2 is made
                 deadline = time.monotonic() + WAIT
                 while not outputs[0].exists() and time.monotonic() < deadline:
                     time.sleep(0.01)
@@ -164,7 +168,7 @@ def test_an_interrupt_leaves_no_partial_file_and_counts_what_was_published(vocod
                        lambda source, name: (mels[Path(str(source)).name], []),
                        AudioWriter(vocoder.sample_rate), vocoder.sample_rate)
     started = time.monotonic()
-    summary = job.run([Item(Path(k), k) for k in mels], outputs, InterruptOnSecondBlock())
+    summary = job.run([Item(Path(k), k) for k in mels], outputs, InterruptOnSecondBlock([10, 10]))
     assert time.monotonic() - started < WAIT
     assert summary.interrupted == 2, summary
     assert [r.status for r in summary.results] == ["written"]

@@ -106,5 +106,5 @@ def test_export_without_the_onnx_extra_is_one_line_at_once(tmp_path):
     assert r.returncode == 2, r.stderr.decode()
     [line] = r.stderr.decode().strip().splitlines()
     assert line == ("error: waveglow export needs the onnx extra (onnx is missing): "
-                    "pip install 'waveglow-cli[onnx]'")
+                    "pip install 'waveglow-exact[onnx]'")
     assert not (tmp_path / "m.onnx").exists()

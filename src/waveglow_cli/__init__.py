@@ -1,4 +1,5 @@
-"""waveglow-cli: NVIDIA's WaveGlow vocoder as a safe, exact command line tool and library.
+"""waveglow (distributed as waveglow-exact): NVIDIA's WaveGlow vocoder as a safe, exact
+command line tool and library.
 
     from waveglow_cli import load_vocoder, mel_spectrogram
 """
@@ -7,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-
 __all__ = ["load_vocoder", "mel_spectrogram", "MelConfig", "Vocoder", "WaveGlow",
            "WaveGlowConfig", "__version__"]
 
 if TYPE_CHECKING:
+    from ._version import __version__
     from .mel import MelConfig, mel_spectrogram
     from .model import WaveGlow, WaveGlowConfig
     from .vocoder import Vocoder, load_vocoder
 
 _LAZY = {"load_vocoder": "vocoder", "Vocoder": "vocoder", "mel_spectrogram": "mel",
-         "MelConfig": "mel", "WaveGlow": "model", "WaveGlowConfig": "model"}
+         "MelConfig": "mel", "WaveGlow": "model", "WaveGlowConfig": "model",
+         "__version__": "_version"}  # read from the installed metadata when asked for
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._version import package_version
 from .engine import Engine, as_engine
 from .fastpath import FastWaveGlow
 from .gpu_engine import GpuEngine
@@ -293,6 +294,7 @@ def _speed_record(engine: Engine, sample_rate: int, options: BenchOptions, check
         "precision": precision_name(dtype),
         "path": engine_path(engine),
         "threads": torch.get_num_threads(),
+        "version": package_version(),  # this tool's; "torch" is torch's
         "torch": torch.__version__,
         "n_channels": config.n_channels,
         "batch_size": options.batch_size,

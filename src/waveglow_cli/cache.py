@@ -30,7 +30,8 @@ from typing import Any
 from .download import Downloaded, RetryPolicy, Source, download, partial_path, sha256_file
 from .errors import (CheckpointError, CheckpointNotAvailableError, ChecksumMismatchError,
                      DownloadError, UsageError)
-from .fileio import remove_files, remove_stale_parts, write_json
+from .fileio import (open_checked, read_capped, remove_files, remove_stale_parts,
+                     write_json)
 from .lock import CheckpointLock
 from .progress import ProgressReporter
 from .registry import (Registry, RegistryEntry, bundled_checkpoint, name_problem,
@@ -96,16 +97,22 @@ def read_record(entry: RegistryEntry, settings: Settings) -> tuple[dict[str, Any
     {} with the reason.  A missing record is no problem (a file put into the cache by hand)."""
     path = cache_paths(entry, settings).metadata
     try:
-        # O_NONBLOCK: a FIFO under the record's name must not hang `waveglow list`.
-        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return {}, f"{METADATA_NAME} is not a regular file"
-            raw = f.read(_METADATA_LIMIT + 1)
+        # The shared bounded open: non-blocking (a FIFO under the record's name must not hang
+        # `waveglow list`), checked and read from the one descriptor opened.
+        fd, st = open_checked(path)
     except FileNotFoundError:
         return {}, ""
     except OSError as e:
         return {}, f"cannot read {METADATA_NAME} ({e.strerror or e})"
-    if len(raw) > _METADATA_LIMIT:
+    try:
+        if not stat.S_ISREG(st.st_mode):
+            return {}, f"{METADATA_NAME} is not a regular file"
+        raw = read_capped(fd, _METADATA_LIMIT)
+    except OSError as e:
+        return {}, f"cannot read {METADATA_NAME} ({e.strerror or e})"
+    finally:
+        os.close(fd)
+    if raw is None:
         return {}, f"{METADATA_NAME} is larger than {_METADATA_LIMIT >> 20} MiB"
     try:
         data = json.loads(raw.decode("utf-8"))

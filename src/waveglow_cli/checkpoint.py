@@ -27,13 +27,14 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
 
 from .engine import Engine, engine_from_float32
 from .errors import CheckpointError, UnsafePickleError
+from .fileio import open_checked
 from .model import WaveGlow, WaveGlowConfig
 from .safe_pickle import InertObject, RefusedPickle, UnsafeGlobal
 from .torch_container import TAR_REFUSAL, ContainerError, is_tar_header, read_torch_file
@@ -69,6 +70,9 @@ class Checkpoint:
         return engine_from_float32(self._float32_model(), device, dtype, kind, cache_dir)
 
     def _float32_model(self) -> WaveGlow:
+        if not self.state_dict:
+            raise ValueError("this Checkpoint holds no weights (a loaded Vocoder keeps them in "
+                             "its engine only: use Vocoder.model, or read_checkpoint(path))")
         with _NoRandomInit():  # every tensor is loaded next
             model = WaveGlow(self.config)
         model.load_state_dict(self.state_dict, strict=True)
@@ -102,23 +106,33 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint file of any supported format, or raise :class:`CheckpointError`."""
+    """Read a checkpoint file of any supported format, or raise :class:`CheckpointError`.
+
+    The file is opened once, non-blocking, and what was opened is checked (``fstat``: a
+    regular file) and parsed: a name swapped for a FIFO or a device after a check by name
+    gains nothing."""
     path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
-            raise CheckpointError(path, "not a regular file (a FIFO, device or socket)")
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
+
+    def refused(reason: str) -> CheckpointError:
+        if reason == "is a directory":
+            reason = "is a directory, not a checkpoint file"
+        return CheckpointError(path, reason)
+
+    fd, st = open_checked(path, refused)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        os.close(fd)
+        raise refused("is a directory" if stat.S_ISDIR(st.st_mode)
+                      else "not a regular file (a FIFO, device or socket)")
+    with os.fdopen(fd, "rb") as f:
+        try:
             head = f.read(512)
-    except IsADirectoryError:
-        raise CheckpointError(path, "is a directory, not a checkpoint file") from None
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such file") from None
-    except OSError as e:
-        raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
+        except OSError as e:
+            raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
+        return _read_opened(path, f, head, st.st_size)
+
+
+def _read_opened(path: Path, f: BinaryIO, head: bytes, size: int) -> Checkpoint:
+    """The checkpoint open as ``f`` (``head``: its first bytes, ``size``: its length)."""
     if size == 0:
         raise CheckpointError(path, "file is empty (an interrupted download?)")
     kind = sniff_format(head, size)
@@ -129,14 +143,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if kind == "tar":
         raise CheckpointError(path, TAR_REFUSAL)
     if kind == "safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path, f)
     if kind in ("torch-zip", "torch-legacy"):
-        return _read_torch_pickle(path, kind)
+        f.seek(0)
+        return _read_torch_pickle(path, kind, f)
     if Path(path).suffix.lower() == ".onnx" or head[:1] == b"\x08" and head[2:3] == b"\x12":
         # An ONNX ModelProto (ir_version, then producer_name): a `waveglow export` file.
         raise CheckpointError(path, "an ONNX export, not a checkpoint: it holds only the "
-                                    "inference graph (synth -c FILE and serve -c FILE run it; "
-                                    "info, convert and score need the checkpoint it came from)")
+                                    "inference graph (synth -c FILE and serve -c FILE run it, "
+                                    "info FILE describes it; convert and score need the "
+                                    "checkpoint it came from)")
     raise CheckpointError(
         path, f"not a WaveGlow checkpoint (unrecognised file format, first bytes {head[:8]!r})")
 
@@ -160,13 +176,12 @@ def sniff_format(head: bytes, size: int) -> str:
     return "unknown"
 
 
-def _read_torch_pickle(path: Path, kind: str) -> Checkpoint:
+def _read_torch_pickle(path: Path, kind: str, f: BinaryIO) -> Checkpoint:
     # Our own container reader and unpickler: torch.load would try the legacy tar container,
     # check pickled module source (writing .patch files) and hand TorchScript zips to
     # torch.jit.load (see torch_container).
     try:
-        with path.open("rb") as f:
-            obj, container = read_torch_file(f, kind)
+        obj, container = read_torch_file(f, kind)
     except UnsafeGlobal as e:
         raise UnsafePickleError(path, e.name) from None
     except RefusedPickle as e:
@@ -191,11 +206,15 @@ def _describe_parse_error(error: Exception, kind: str) -> str:
     return f"corrupt or not a torch checkpoint (cannot parse as a {container}: {text})"
 
 
-def _read_safetensors(path: Path) -> Checkpoint:
+def _read_safetensors(path: Path, opened: BinaryIO) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
+    # safetensors opens by name: the name of the descriptor already checked where the system
+    # has one (Linux), so that it reads the same file.
+    by_fd = f"/proc/self/fd/{opened.fileno()}"
+    name = by_fd if os.path.exists(by_fd) else str(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(name, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -13,7 +13,9 @@ this compares copy synthesis and mel conversions, whose output is aligned with t
   all-pass-warped ``mcep`` (pysptk): no new dependency, and the same mel as the other numbers.
   Values are comparable with each other and with MFCC-based MCD, not with SPTK-based papers;
 * ``f0_rmse_hz`` (over frames voiced in both) and ``voicing_error`` (share of frames whose
-  voiced/unvoiced decision differs), from librosa's probabilistic YIN (``pyin``, 50-600 Hz);
+  voiced/unvoiced decision differs), from librosa's probabilistic YIN (``pyin``, 50-600 Hz),
+  with the frames analysed and how many of them are voiced in each signal (so an F0 RMSE that
+  is undefined says why: :meth:`PairResult.f0_missing_reason`);
 * ``loudness_diff_db``: RMS level of the generated signal minus the reference's, dB.
 
 Every metric is finite or the pair fails: a file whose mel is not finite (float samples so
@@ -50,7 +52,8 @@ METRICS = ("log_mel_distance", "mcd_db", "f0_rmse_hz", "voicing_error", "loudnes
 @dataclass(frozen=True)
 class PairResult:
     """One reference/generated pair: the metrics above (None where undefined, e.g. no frame
-    voiced in both), the seconds compared and how much longer the generated file is."""
+    voiced in both), the seconds compared and how much longer the generated file is, and the
+    pitch frames with the voiced ones of each side (None without pitch metrics)."""
 
     key: str
     reference: str
@@ -62,9 +65,29 @@ class PairResult:
     f0_rmse_hz: float | None
     voicing_error: float | None
     loudness_diff_db: float
+    pitch_frames: int | None = None
+    reference_voiced_frames: int | None = None
+    generated_voiced_frames: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def f0_missing_reason(self) -> str | None:
+        """Why there is no F0 RMSE (None when there is one): pitch not measured, or which
+        signal has no voiced frame, or that no frame is voiced in both."""
+        if self.f0_rmse_hz is not None:
+            return None
+        if self.pitch_frames is None:
+            return "pitch not measured"
+        ref, gen = self.reference_voiced_frames, self.generated_voiced_frames
+        if not ref and not gen:
+            return f"no voiced frames in either, of {self.pitch_frames}"
+        if not gen:
+            return f"no voiced frames in generated; reference: {ref} of {self.pitch_frames}"
+        if not ref:
+            return f"no voiced frames in reference; generated: {gen} of {self.pitch_frames}"
+        return (f"no frame voiced in both; voiced: reference {ref}, generated {gen}, of "
+                f"{self.pitch_frames}")
 
 
 def mel_cepstrum(log_mel: np.ndarray, order: int = CEPSTRAL_ORDER) -> np.ndarray:
@@ -143,7 +166,8 @@ def compare_signals(reference: np.ndarray, generated: np.ndarray, config: MelCon
     """The metrics of two mono float signals at ``config``'s sample rate, over the samples
     both have (the longer is cut).  ``f0=False`` leaves out the pitch metrics (None): pyin is
     the slow part (about 0.4 s per second of audio).  A signal whose mel is not finite is an
-    :class:`AudioFileError` under its name in ``names``; every metric returned is finite."""
+    :class:`AudioFileError` under its name in ``names``; every metric returned is finite.
+    With pitch, ``pitch_frames`` and each side's voiced frames come too (counts)."""
     config = config or MelConfig()
     n = min(reference.size, generated.size)
     if n <= config.n_fft // 2:
@@ -159,18 +183,22 @@ def compare_signals(reference: np.ndarray, generated: np.ndarray, config: MelCon
         "mcd_db": mel_cepstral_distortion(ref_mel, gen_mel),
         "f0_rmse_hz": None, "voicing_error": None,
         "loudness_diff_db": _level_db(gen) - _level_db(ref)}
+    voicing: dict[str, int] = {}
     if f0:
         ref_f0, ref_voiced = _pitch(ref, config)
         gen_f0, gen_voiced = (ref_f0, ref_voiced) if same else _pitch(gen, config)
         both = ref_voiced & gen_voiced
         result["voicing_error"] = float(np.mean(ref_voiced != gen_voiced))
+        voicing = {"pitch_frames": int(ref_voiced.size),
+                   "reference_voiced_frames": int(ref_voiced.sum()),
+                   "generated_voiced_frames": int(gen_voiced.sum())}
         if both.any():
             result["f0_rmse_hz"] = float(np.sqrt(np.mean((ref_f0[both] - gen_f0[both]) ** 2)))
     bad = [key for key, value in result.items() if value is not None and not math.isfinite(value)]
     if bad:  # cannot happen for finite mels; a nan must never reach a report
         raise AudioFileError(f"{names[0]} vs {names[1]}",
                              f"{', '.join(bad)} not finite; the pair cannot be compared")
-    return result
+    return {**result, **voicing}
 
 
 def compare_files(key: str, reference: Path, generated: Path, config: MelConfig | None = None,

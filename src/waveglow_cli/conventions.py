@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .fileio import read_side_file, read_side_text
+from .registry import closest_names, did_you_mean
 
 if TYPE_CHECKING:  # numpy is imported where statistics are read: `waveglow --help` stays fast
     import numpy as np
@@ -238,8 +239,10 @@ def resolve_convention(spec: str | os.PathLike[str]) -> Convention:
     path = Path(text).expanduser()
     if path.suffix.lower() == ".toml" or os.path.lexists(path):
         return convention_from_toml(path)
-    raise UsageError(f"unknown mel convention {text!r}; use a preset ({', '.join(PRESETS)}) "
-                     "or a .toml file")
+    spellings = [(name, name) for name in PRESETS] + list(ALIASES.items())
+    hint = did_you_mean(closest_names(key, spellings))
+    raise UsageError(f"unknown mel convention {text!r}; {hint}use a preset "
+                     f"({', '.join(PRESETS)}) or a .toml file")
 
 
 def convention_from_toml(source: str | os.PathLike[str], text: str | None = None

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .errors import (ChecksumMismatchError, DownloadError, SourceFailed, SourceRefused,
-                     WaveGlowError)
-from .fileio import publish, remove_files
+from .errors import (ChecksumMismatchError, DownloadError, InputFileError, SourceFailed,
+                     SourceRefused, WaveGlowError)
+from .fileio import file_kind, open_checked, publish, remove_files
 from .gdrive import confirmation_request
 from .progress import NullProgress, Progress, ProgressReporter
 from .settings import DownloadLimits
@@ -41,7 +42,7 @@ from .transfer import RetryPolicy, state_path, transfer
 if TYPE_CHECKING:  # requests is imported when a download starts, not with the CLI
     import requests
 
-USER_AGENT = "waveglow-cli (+https://github.com/NVIDIA/waveglow checkpoints)"
+USER_AGENT = "waveglow-exact (+https://github.com/NVIDIA/waveglow checkpoints)"
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,15 @@ class _Wanted:
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """The sha256 of the regular file ``path``.  Opened non-blocking and checked by ``fstat``
+    of what was opened: a name swapped for a FIFO or ``/dev/zero`` after it was checked is an
+    :class:`InputFileError`, never a wait or an endless read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd, st = open_checked(path)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputFileError(path, f"is {file_kind(st.st_mode)}, not a regular file")
+    with os.fdopen(fd, "rb") as f:
         while block := f.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .fastpath import FastWaveGlow, onednn_available
-from .model import WaveGlow, WaveGlowConfig
+from .model import FlowProgress, WaveGlow, WaveGlowConfig
 
 
 @runtime_checkable
@@ -39,11 +39,15 @@ class Engine(Protocol):
     device: torch.device
     dtype: torch.dtype
 
-    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None
-              ) -> Tensor:
+    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None,
+              progress: FlowProgress | None = None) -> Tensor:
         """(B, M, F) float32 CPU natural-log mel and (B, G, T) float32 CPU standard-normal
         noise -> (B, F * hop) audio (any device and dtype).  ``lengths`` (B,) in frames masks
-        each item's padding so it equals its unbatched synthesis (None: no padding)."""
+        each item's padding so it equals its unbatched synthesis (None: no padding).
+        ``progress``, where given, is told the fraction of the pass done, increasing and
+        ending at 1 (:data:`~waveglow_cli.model.FlowProgress`): after each flow where the
+        engine runs them one by one, once at the end where it runs whole (ONNX).  It is
+        passed only when a caller wants it, so an engine written without it still runs."""
         ...
 
 
@@ -58,10 +62,10 @@ class EagerEngine:
         self.device, self.dtype = param.device, param.dtype
 
     @torch.inference_mode()
-    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None
-              ) -> Tensor:
+    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None,
+              progress: FlowProgress | None = None) -> Tensor:
         return self.model.infer(mel.to(self.device, self.dtype), sigma=sigma, z=z,
-                                lengths=lengths)
+                                lengths=lengths, progress=progress)
 
 
 def as_engine(model: Engine | WaveGlow) -> Engine:

@@ -109,7 +109,7 @@ class PlotUnavailableError(WaveGlowError, ImportError):
     """Plotting was asked for but matplotlib (the ``plot`` extra) is not installed."""
 
     def __init__(self) -> None:
-        super().__init__("plotting needs matplotlib: pip install 'waveglow-cli[plot]'")
+        super().__init__("plotting needs matplotlib: pip install 'waveglow-exact[plot]'")
 
 
 class UsageError(WaveGlowError, ValueError):

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import WaveGlow, WaveGlowConfig, reverse_flows
+from .model import FlowProgress, WaveGlow, WaveGlowConfig, part_of, reverse_flows
 
 #: rows (grouped steps) processed together: bounds memory; one item is never split.
 DEFAULT_MAX_ROWS = 1 << 17
@@ -263,24 +263,31 @@ class FastWaveGlow:
 
     @torch.inference_mode()
     def infer(self, mel: Tensor, sigma: float = 1.0, z: Tensor | None = None,
-              lengths: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+              lengths: Tensor | None = None, generator: torch.Generator | None = None,
+              progress: FlowProgress | None = None) -> Tensor:
         """(B, M, F) natural-log mel -> (B, F * hop) float32 audio; as :meth:`WaveGlow.infer`.
 
         Samples beyond an item's ``lengths`` are zero (the model leaves its padding's values
-        there; neither is part of any item)."""
+        there; neither is part of any item).  ``progress``: the fraction done after each flow
+        of each group of rows (groups weighted by their rows)."""
         c = self.config
         z, steps, item_frames = noise_and_lengths(c, mel, z, lengths, generator)
         mel = mel.detach().to("cpu", torch.float32)
         z = z.detach().to("cpu", torch.float32)
         out = torch.zeros(mel.shape[0], steps * c.n_group)
-        for group in self._groups([f * c.hop_length // c.n_group for f in item_frames]):
-            audio, spans = self._run(mel, z, sigma, group, item_frames)
+        item_steps = [f * c.hop_length // c.n_group for f in item_frames]
+        groups = self._groups(item_steps)
+        rows = [sum(item_steps[b] + self.pad for b in group) for group in groups]
+        for index, group in enumerate(groups):
+            audio, spans = self._run(mel, z, sigma, group, item_frames,
+                                     part_of(progress, sum(rows[:index]), rows[index], sum(rows)))
             for b, (lo, hi) in zip(group, spans):
                 out[b, :(hi - lo) * c.n_group] = audio[lo:hi].reshape(-1)
         return out
 
     def _run(self, mel: Tensor, z: Tensor, sigma: float, group: list[int],
-             item_frames: list[int]) -> tuple[Tensor, list[tuple[int, int]]]:
+             item_frames: list[int], progress: FlowProgress | None = None
+             ) -> tuple[Tensor, list[tuple[int, int]]]:
         """Synthesise the items ``group`` packed as rows; returns (rows (R, G), item spans)."""
         c, pad, ch = self.config, self.pad, self.config.n_channels
         spans, gaps, row = [], [], 0
@@ -307,7 +314,7 @@ class FastWaveGlow:
 
         audio = reverse_flows(c, lambda lo, hi: sigma * rows_of(z[:, lo:hi, :]),
                               lambda k, audio_0: self._coupling(k, audio_0, left, gaps),
-                              lambda k, joined: self._mix_inverse(k, joined, gaps))
+                              lambda k, joined: self._mix_inverse(k, joined, gaps), progress)
         return audio, spans
 
     def _shift_taps(self, left: Tensor, gaps: list[tuple[int, int]], dilation: int) -> None:

@@ -249,6 +249,31 @@ def write_json(path: str | os.PathLike[str], data: object) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """``data`` as the file ``path``, for our own small bookkeeping files (a lock's owner pid,
+    the URL a partial download came from): written to a new file of ours beside it, then
+    renamed over the name, so whatever was planted there is replaced, never opened (a plain
+    open for writing waits forever on a FIFO and writes through a link).  Raises OSError and
+    leaves no temporary file behind."""
+    tmp = path.with_name(part_name(path.name))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), new_file_mode())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 # Errors of os.link that mean "this filesystem has no hard links" (FAT, some FUSE and network
 # filesystems), not "the name is taken".
 _NO_HARD_LINKS = frozenset(e for e in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS,
@@ -412,51 +437,78 @@ def read_capped(fd: int, max_bytes: int) -> bytes | None:
     return None if total > max_bytes else b"".join(chunks)
 
 
-def read_side_file(path: str | os.PathLike[str], what: str, max_bytes: int) -> bytes:
+def _over_cap(what: str, max_bytes: int, too_large: str | None) -> str:
+    return f"larger than {size_text(max_bytes)}; {too_large or f'a {what} is far smaller'}"
+
+
+def open_side_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+                   error: Callable[[str], Exception] = UsageError,
+                   too_large: str | None = None) -> tuple[int, os.stat_result]:
+    """A descriptor of the side file ``path``, opened and checked as :func:`read_side_file`
+    does (a regular file of at most ``max_bytes`` by ``fstat`` of what was opened), for a
+    caller that reads it its own way (line by line, or by a container reader).  The caller
+    closes it.  Refusals are ``error(message)``, one line naming the file; ``too_large`` is
+    what the message says after the cap (default: "a <what> is far smaller")."""
+    name = str(path)
+
+    def refused(reason: str) -> Exception:
+        return error(f"{name}: cannot read {what} ({reason})")
+
+    try:
+        fd, st = open_checked(os.path.expanduser(path))
+    except FileNotFoundError:
+        raise error(f"{name}: no such {what}") from None
+    except OSError as e:
+        raise refused(e.strerror or str(e)) from None
+    try:
+        if not stat.S_ISREG(st.st_mode):
+            raise refused(f"is {file_kind(st.st_mode)}, not a regular file")
+        if st.st_size > max_bytes:
+            raise refused(_over_cap(what, max_bytes, too_large))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_side_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+                   error: Callable[[str], Exception] = UsageError,
+                   too_large: str | None = None) -> bytes:
     """The bytes of a side file read whole (``what`` names it in messages: "mel convention
-    file", "mel statistics file" ...), or one :class:`UsageError` naming the file and why.
+    file", "mel statistics file" ...), or one :class:`UsageError` (``error``: another
+    exception type taking the message) naming the file and why.
 
     Every file read whole goes through here, so a name that leads to ``/dev/zero``, a FIFO or
     a terminal is refused before a byte is read, and a huge file before it is read: the file
     is opened non-blocking (opening a FIFO does not wait for a writer), the descriptor that
     was opened is checked with ``fstat`` (regular file, at most ``max_bytes``) and read, so a
     name swapped for something else meanwhile gains nothing."""
-    name = str(path)
-
-    def refused(reason: str) -> UsageError:
-        return UsageError(f"{name}: cannot read {what} ({reason})")
-
+    fd, _ = open_side_file(path, what, max_bytes, error=error, too_large=too_large)
     try:
-        fd, st = open_checked(os.path.expanduser(path))
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such {what}") from None
+        data = read_capped(fd, max_bytes)  # a file growing meanwhile is still bounded
     except OSError as e:
-        raise refused(e.strerror or str(e)) from None
-    try:
-        if not stat.S_ISREG(st.st_mode):
-            raise refused(f"is {file_kind(st.st_mode)}, not a regular file")
-        too_large = refused(f"larger than {size_text(max_bytes)}; a {what} is far smaller")
-        data = read_capped(fd, max_bytes) if st.st_size <= max_bytes else None
-        if data is None:
-            raise too_large
-        return data
-    except OSError as e:
-        raise refused(e.strerror or str(e)) from None
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from None
     finally:
         os.close(fd)
+    if data is None:
+        raise error(f"{path}: cannot read {what} ({_over_cap(what, max_bytes, too_large)})")
+    return data
 
 
-def read_side_text(path: str | os.PathLike[str], what: str, max_bytes: int) -> str:
+def read_side_text(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+                   error: Callable[[str], Exception] = UsageError,
+                   too_large: str | None = None) -> str:
     """:func:`read_side_file` decoded as UTF-8 (invalid UTF-8 is the same one-line error)."""
-    data = read_side_file(path, what, max_bytes)
+    data = read_side_file(path, what, max_bytes, error=error, too_large=too_large)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: cannot read {what} (not UTF-8: {e.reason} at byte "
-                         f"{e.start})") from None
+        raise error(f"{path}: cannot read {what} (not UTF-8: {e.reason} at byte "
+                    f"{e.start})") from None
 
 
 __all__ = ["atomic_write", "write_json", "publish", "remove_files", "remove_stale_parts",
            "part_name", "pid_alive", "new_file_mode", "current_umask", "refuse_non_regular",
            "describe_os_error", "PART_SUFFIX", "file_kind", "read_side_file", "read_side_text",
-           "size_text", "READ_FLAGS", "open_checked", "read_capped"]
+           "size_text", "READ_FLAGS", "open_checked", "read_capped", "open_side_file",
+           "replace_file"]

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from .errors import UsageError
 from .fastpath import noise_and_lengths, pack_rows
-from .model import WaveGlow, reverse_flows
+from .model import FlowProgress, WaveGlow, part_of, reverse_flows
 from .settings import compile_cache_environment
 
 #: Rows per pass.  The largest, 2^18 rows = 8 pieces of 1024 frames, bounds a pass's memory
@@ -320,16 +320,22 @@ class GpuEngine:
     # -- inference -----------------------------------------------------------------------------
     @torch.inference_mode()
     def infer(self, mel: Tensor, sigma: float = 1.0, z: Tensor | None = None,
-              lengths: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+              lengths: Tensor | None = None, generator: torch.Generator | None = None,
+              progress: FlowProgress | None = None) -> Tensor:
         """(B, M, F) natural-log mel -> (B, F * hop) float32 audio on the engine's device; as
-        :meth:`WaveGlow.infer`.  Samples beyond an item's ``lengths`` are zero."""
+        :meth:`WaveGlow.infer`.  Samples beyond an item's ``lengths`` are zero.  ``progress``:
+        the fraction done after each flow of each pass (passes weighted by their rows; on CUDA
+        told as the flows are queued: nothing waits for the device to report)."""
         c = self.config
         batch = mel.shape[0]
         z, steps, item_frames = noise_and_lengths(c, mel, z, lengths, generator)
         item_steps = [f * c.hop_length // c.n_group for f in item_frames]
         out = torch.zeros(batch, steps * c.n_group, device=self.device)
-        for group in self.passes(item_steps):
-            audio, spans = self._run(mel, z, sigma, group, item_frames, item_steps)
+        passes = self.passes(item_steps)
+        rows = [sum(item_steps[b] + self.pad for b in group) for group in passes]
+        for index, group in enumerate(passes):
+            audio, spans = self._run(mel, z, sigma, group, item_frames, item_steps,
+                                     part_of(progress, sum(rows[:index]), rows[index], sum(rows)))
             for b, (lo, hi) in zip(group, spans):
                 out[b, :(hi - lo) * c.n_group] = audio[lo:hi].reshape(-1)
         return out
@@ -342,8 +348,8 @@ class GpuEngine:
         return t.to(self.device)
 
     def _run(self, mel: Tensor, z: Tensor, sigma: float, group: list[int],
-             item_frames: list[int], item_steps: list[int]
-             ) -> tuple[Tensor, list[tuple[int, int]]]:
+             item_frames: list[int], item_steps: list[int],
+             progress: FlowProgress | None = None) -> tuple[Tensor, list[tuple[int, int]]]:
         """Synthesise the items ``group`` packed as rows; returns (rows (R, G), item spans)."""
         c, pad = self.config, self.pad
         spans, row = [], pad
@@ -376,7 +382,7 @@ class GpuEngine:
             audio = reverse_flows(
                 c, lambda lo, hi: noise[:, lo:hi],
                 lambda k, audio_0: self._coupling(k, audio_0, cond, mask),
-                lambda k, joined: (joined * row_mask) @ self.flows[k].inverse_t)
+                lambda k, joined: (joined * row_mask) @ self.flows[k].inverse_t, progress)
         return audio, spans
 
     def _coupling(self, k: int, audio_0: Tensor, cond: Tensor, mask: Tensor) -> Tensor:

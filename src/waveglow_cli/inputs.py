@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
 
 from .audio_io import LazyMel, open_input, peek, read_mel, read_mono, sniff, validate_mel
-from .conventions import Convention, load_mel_stats, resolve_convention
+from .conventions import PRESETS, Convention, load_mel_stats, resolve_convention
 from .errors import AudioFileError, MelFileError
 from .mel import MelConfig, log_mel_frames
 from .melcheck import check_mel_scale
@@ -79,8 +80,11 @@ def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: s
     if converter is not None and not converter.identity:
         return _converted(f, name, config, layout, converter)
     notes: list[str] = []
-    mel = read_mel(f, name, n_mels=config.n_mels, layout=layout, scale=scale, notes=notes,
-                   lazy=True)
+    try:
+        mel = read_mel(f, name, n_mels=config.n_mels, layout=layout, scale=scale, notes=notes,
+                       lazy=True)
+    except MelFileError as e:
+        raise _with_preset_hint(e) from None
     assert isinstance(mel, LazyMel)
     # The file's own values (before the log-base conversion), a few windows of frames only.
     note = check_mel_scale(name, mel.data, scale, config.clip_min)
@@ -88,6 +92,24 @@ def _load_from(f: IO[bytes], name: str, config: MelConfig, layout: str, scale: s
     if note is not None:
         notes.append(note)
     return (mel if lazy else np.asarray(mel)), notes
+
+
+# read_mel's words for a mel whose band count is not the checkpoint's
+_OTHER_BAND_COUNT = re.compile(r"mel has (\d+) channels on its first axis .*; the checkpoint "
+                               r"expects \d+$")
+
+
+def _with_preset_hint(error: MelFileError) -> MelFileError:
+    """A mel of another band count than the checkpoint's is most likely another toolkit's:
+    the error then names the ``--mel-from`` presets with that many bands."""
+    found = _OTHER_BAND_COUNT.match(error.reason)
+    if found is None:
+        return error
+    bands = int(found.group(1))
+    presets = [name for name, convention in PRESETS.items() if convention.n_mels == bands]
+    how = (" or ".join(f"--mel-from {name}" for name in presets) + f" (the presets with {bands} "
+           "bands)" if presets else f"--mel-from FILE.toml (no preset has {bands} bands)")
+    return MelFileError(error.path, f"{error.reason}; if it is another toolkit's mel, pass {how}")
 
 
 def _converted(f: IO[bytes], name: str, config: MelConfig, layout: str,
@@ -121,14 +143,24 @@ class SynthesisInputReader:
 
     With ``convention`` (a :class:`~waveglow_cli.melconvert.MelConverter` for ``config``, see
     :func:`mel_converter`) mel files are in that toolkit's convention and are converted
-    whole when read; ``scale`` then does not apply (the convention says it)."""
+    whole when read; ``scale`` then does not apply (the convention says it).  A mel shorter
+    than ``context_frames`` (the model's, :meth:`~waveglow_cli.model.WaveGlowConfig.
+    context_frames`) gets a note: its audio is made, but is all edge."""
 
     config: MelConfig
     layout: str = "auto"
     scale: str = "ln"
     convention: MelConverter | None = None
+    context_frames: int = 0
 
     def __call__(self, source: str | os.PathLike[str] | IO[bytes], name: str
                  ) -> tuple[np.ndarray | LazyMel, list[str]]:
-        return load_synthesis_input(source, name, self.config, self.layout, self.scale,
-                                    lazy=True, converter=self.convention)
+        mel, notes = load_synthesis_input(source, name, self.config, self.layout, self.scale,
+                                          lazy=True, converter=self.convention)
+        frames = mel.shape[1]
+        if frames < self.context_frames:
+            seconds = frames * self.config.hop_length / self.config.sample_rate
+            notes.append(f"{name}: only {frames} frame{'s' if frames != 1 else ''} "
+                         f"({seconds:.3f} s of audio), fewer than the model's context of "
+                         f"{self.context_frames} frames; audio this short is not meaningful")
+        return mel, notes

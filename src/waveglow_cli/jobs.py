@@ -2,12 +2,13 @@
 
 A job is: discover the inputs (:func:`discover`), plan where each result goes
 (:func:`plan_outputs`), then process every item under one exists/overwrite policy
-(:class:`OutputPolicy`), isolating failures: each item ends as an :class:`ItemResult` and the
-job as a :class:`Summary`.  Nothing here prints: what a front end shows (a progress bar, notes,
-error lines) arrives through a :class:`JobProgress`; standard input and output are streams
-passed in.  :class:`SynthesisJob` is the windowed load -> synthesise -> write loop; what it
-writes with is a parameter (:class:`AudioWriter` writes files or standard output), so a server
-or a streaming writer reuses the loop as it is.
+(:class:`OutputPolicy`), isolating failures: each item ends as an :class:`ItemResult` (written,
+exists, skipped or failed) and the job as a :class:`Summary` (those types live in
+:mod:`waveglow_cli.jobs_summary` and are re-exported here).  Nothing here prints: what a front
+end shows (a progress bar, notes, error lines) arrives through a :class:`JobProgress`;
+standard input and output are streams passed in.  :class:`SynthesisJob` is the windowed
+load -> synthesise -> write loop; what it writes with is a parameter (:class:`AudioWriter`
+writes files or standard output), so a server or a streaming writer reuses the loop as it is.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
-from .errors import (InputFileError, JobStopped, OutputExistsError, StdoutClosed, SynthesisError,
-                     UsageError, WaveGlowError)
-from .fileio import refuse_non_regular, remove_stale_parts
+from .errors import (InputFileError, JobStopped, StdoutClosed, SynthesisError, UsageError,
+                     WaveGlowError)
+from .fileio import remove_stale_parts
+# The items, policy, results and progress protocol: part of the jobs API, re-exported.
+from .jobs_summary import (Item, ItemResult, JobProgress, OutputPolicy,  # noqa: F401
+                           SilentProgress, Status, Summary, input_paths)
 from .pipeline import Ahead, Handoff, WriterThread
 from .writers import AudioWriter, write_stream  # noqa: F401 - part of the jobs API
 
@@ -39,17 +44,6 @@ MEL_SUFFIXES = (".npy", ".pt")
 
 # ---------------------------------------------------------------------------------------------
 # Inputs and where their results go
-
-
-@dataclass(frozen=True)
-class Item:
-    source: Path | None   # None: standard input
-    key: str              # relative path: names outputs and seeds the noise
-    found: bool = False   # found by searching a folder (not named on the command line)
-
-    @property
-    def display(self) -> str:
-        return "<stdin>" if self.source is None else str(self.source)
 
 
 def discover(inputs: list[str], suffixes: tuple[str, ...]) -> list[Item]:
@@ -203,143 +197,6 @@ def all_ranks_sum(value: int, shard: Shard) -> int:
     return int(total.item())
 
 
-# ---------------------------------------------------------------------------------------------
-# The exists/overwrite policy
-
-
-def check_output(item: Item, target: Path | None, inputs: set[Path], overwrite: bool,
-                 skip_existing: bool) -> bool:
-    """False when the item is to be skipped; raises when it must not be written.
-
-    An early shortcut that saves the work for a file that exists: the claim itself is taken
-    when the file is published (:func:`fileio.atomic_write`)."""
-    if target is None:
-        return True
-    if target.resolve() in inputs:
-        raise UsageError(f"{target}: refusing to overwrite an input file")
-    refuse_non_regular(target)
-    if os.path.lexists(target):
-        if skip_existing:
-            return False
-        if not overwrite:
-            raise OutputExistsError(target)
-    return True
-
-
-def lost_to_another_run(error: BaseException, skip_existing: bool) -> bool:
-    """True for an output another process created while this run worked on it, under
-    ``--skip-existing``: that item counts as skipped, not failed (its file was kept)."""
-    return skip_existing and isinstance(error, OutputExistsError)
-
-
-@dataclass(frozen=True)
-class OutputPolicy:
-    """What to do with an output that exists: refuse (the default), replace, or keep it."""
-
-    overwrite: bool = False
-    skip_existing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.overwrite and self.skip_existing:
-            raise UsageError("--overwrite and --skip-existing exclude each other")
-
-    def wants(self, item: Item, target: Path | None, inputs: set[Path]) -> bool:
-        """False: skip the item (its output exists and is kept); see :func:`check_output`."""
-        return check_output(item, target, inputs, self.overwrite, self.skip_existing)
-
-    def kept_theirs(self, error: BaseException) -> bool:
-        """See :func:`lost_to_another_run`."""
-        return lost_to_another_run(error, self.skip_existing)
-
-
-def input_paths(items: Iterable[Item]) -> set[Path]:
-    return {item.source.resolve() for item in items if item.source is not None}
-
-
-# ---------------------------------------------------------------------------------------------
-# Results and progress
-
-
-Status = Literal["written", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    item: Item
-    target: Path | None            # None: standard output
-    status: Status
-    error: BaseException | None = None
-    samples: int = 0               # audio samples written (synthesis jobs)
-
-
-@dataclass
-class Summary:
-    """Per-item results of a job, in the order they ended."""
-
-    results: list[ItemResult] = field(default_factory=list)
-    sample_rate: int | None = None
-    seconds: float = 0.0           # seconds of audio written, summed in the order written
-    stopped: bool = False          # fail-fast ended the job at its first failure
-    interrupted: int | None = None  # the signal (2 SIGINT, 15 SIGTERM) that ended the job early
-
-    def add(self, result: ItemResult) -> None:
-        self.results.append(result)
-        if self.sample_rate:
-            self.seconds += result.samples / self.sample_rate
-
-    def _count(self, status: Status) -> int:
-        return sum(r.status == status for r in self.results)
-
-    @property
-    def written(self) -> int:
-        return self._count("written")
-
-    @property
-    def skipped(self) -> int:
-        return self._count("skipped")
-
-    @property
-    def failed(self) -> int:
-        return self._count("failed")
-
-    def line(self, with_seconds: bool = True) -> str:
-        """``written W, skipped S, failed F (X.X s of audio)``, as the CLI prints it."""
-        seconds = self.seconds if with_seconds else 0.0
-        return (f"written {self.written}, skipped {self.skipped}, failed {self.failed}"
-                + (f" ({seconds:.1f} s of audio)" if seconds else ""))
-
-
-class JobProgress(Protocol):
-    """Where a job reports as it goes (a front end's progress bar and message lines)."""
-
-    def advance(self, seconds: float | None = None) -> None:
-        """One more item ended; ``seconds``: audio written so far (synthesis)."""
-
-    def note(self, text: str) -> None:
-        """Something worth knowing about an input (resampled, channels averaged ...)."""
-
-    def failed(self, error: BaseException) -> None:
-        """An item failed (the job goes on unless it is fail-fast)."""
-
-    # Optional (a synthesis job calls them where they exist), so audio progress can move
-    # within one long file:
-    #   expect(seconds): this much more audio is to come (each window's mels, once loaded);
-    #   produced(seconds): audio produced so far in the job, after every block (piece/batch).
-
-
-class SilentProgress:
-    """Reports nothing (for library use); failures are still in the :class:`Summary`."""
-
-    def advance(self, seconds: float | None = None) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-    def failed(self, error: BaseException) -> None:
-        pass
-
-
 def _as_item_error(item: Item, error: BaseException, what: str, kind: type[InputFileError]
                    ) -> BaseException:
     """Our errors and OSErrors as they are; anything else (MemoryError, a library's TypeError)
@@ -380,8 +237,9 @@ def _run_items(items: list[Item], outputs: list[Path | None], policy: OutputPoli
         status: Status = "written"
         error: BaseException | None = None
         try:
-            if not policy.wants(item, target, inputs):
-                status = "skipped"
+            kept = policy.existing(target, inputs)
+            if kept is not None:
+                status = kept
             elif item.source is None:
                 with read_stdin(stdin) as data:
                     handle(item, data, target, progress)
@@ -392,7 +250,7 @@ def _run_items(items: list[Item], outputs: list[Path | None], policy: OutputPoli
         except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
             error = _as_item_error(item, e, "failed", InputFileError)
         if error is not None:
-            status = "skipped" if policy.kept_theirs(error) else "failed"
+            status = policy.settles(error) or "failed"
             if status == "failed":
                 progress.failed(error)
         summary.add(ItemResult(item, target, status, error))
@@ -486,7 +344,8 @@ class SynthesisJob:
 
 
 # How reading a window ended for one item: (item, target, outcome, mel or error, notes)
-Outcome = tuple[Item, "Path | None", Literal["loaded", "skipped", "failed"], Any, list[str]]
+Outcome = tuple[Item, "Path | None", Literal["loaded", "exists", "skipped", "failed"], Any,
+                list[str]]
 
 
 @dataclass
@@ -509,14 +368,21 @@ class _SynthesisRun:
     inputs: set[Path]
     summary: Summary
     pending: collections.deque[_Pending] = field(default_factory=collections.deque)
+    # Samples of audio each window read holds, put by the reading thread as soon as it has
+    # opened the window's mels, taken and reported here (so the next window's audio joins the
+    # total while this one is made, not only when it starts).
+    expected: queue.SimpleQueue[int] = field(default_factory=queue.SimpleQueue)
+    synthesised: int = 0            # samples synthesised in the windows before this one
+    in_window: int = 0              # ... and so far in this one
 
     def read(self, pairs: list[tuple[Item, Path | None]]) -> list[Outcome]:
         """Check and open each input of a window (on the reading thread: it reports nothing)."""
         outcomes: list[Outcome] = []
         for item, target in pairs:
             try:
-                if not self.job.policy.wants(item, target, self.inputs):
-                    outcomes.append((item, target, "skipped", None, []))
+                kept = self.job.policy.existing(target, self.inputs)
+                if kept is not None:
+                    outcomes.append((item, target, kept, None, []))
                     continue
                 if item.source is None:
                     with read_stdin(self.job.stdin) as stdin:
@@ -529,6 +395,8 @@ class _SynthesisRun:
             except Exception as e:  # noqa: BLE001 - this input fails; the others go on
                 error = _as_item_error(item, e, "cannot be read", InputFileError)
                 outcomes.append((item, target, "failed", error, []))
+        self.expected.put(sum(self.synthesizer.samples(int(value.shape[1]))
+                              for _, _, outcome, value, _ in outcomes if outcome == "loaded"))
         return outcomes
 
     def window(self, outcomes: list[Outcome], writer: WriterThread) -> None:
@@ -536,20 +404,20 @@ class _SynthesisRun:
         targets = {item.key: (item, target) for item, target, *_ in outcomes}
         mels = dict(loaded)
         cancelled: set[str] = set()
-        hop = self.synthesizer.config.hop_length
-        expect = getattr(self.progress, "expect", None)  # optional (see JobProgress)
-        if expect is not None and loaded:
-            expect(sum(int(mel.shape[1]) for _, mel in loaded) * hop / self.job.sample_rate)
+        self._report_expected()
+        # Audio progress within the forward passes, where the front end takes it (optional).
+        reports = getattr(self.progress, "produced", None) is not None
+        stream = self.synthesizer.stream(loaded, cancelled,
+                                         progress=self._synthesised if reports else None)
         pending = self.pending
         # Each item's events arrive together and in order: hand them to the writer as they
         # come, and settle the items it has finished.
-        for key, events in itertools.groupby(self.synthesizer.stream(loaded, cancelled),
-                                             key=lambda event: event[0]):
+        for key, events in itertools.groupby(stream, key=lambda event: event[0]):
             item, target = targets[key]
             handoff = writer.submit(partial(self.job.write, item, target, mels.get(key)))
             pending.append(_Pending(item, target, handoff))
             try:
-                for block in self._reported(_blocks_of(item, events)):
+                for block in _blocks_of(item, events):
                     if not handoff.put(block):  # the writer failed it: compute no more of it
                         cancelled.add(key)
                         break
@@ -558,7 +426,30 @@ class _SynthesisRun:
                 cancelled.add(key)
                 handoff.fail(e)
             self._settle(pending, cancelled, wait=False)
+        self.synthesised, self.in_window = self.synthesised + self.in_window, 0
         self._settle(pending, cancelled, wait=True)
+
+    def _synthesised(self, samples: int) -> None:
+        """The synthesizer's report (samples made so far in this window's stream), as the
+        job's audio so far; with it, the next window's total once the reader has it."""
+        self.in_window = samples
+        self._report_expected()
+        self.progress.produced(  # type: ignore[attr-defined]
+            self._seconds(self.synthesised + samples))
+
+    def _seconds(self, samples: int) -> float:
+        return samples / self.job.sample_rate
+
+    def _report_expected(self) -> None:
+        """Report the audio of the windows read so far that has not been reported yet."""
+        expect = getattr(self.progress, "expect", None)  # optional (see JobProgress)
+        while True:
+            try:
+                samples = self.expected.get_nowait()
+            except queue.Empty:
+                return
+            if expect is not None and samples:
+                expect(self._seconds(samples))
 
     def _report_reading(self, outcomes: list[Outcome]) -> list[tuple[str, Any]]:
         loaded = []
@@ -568,8 +459,8 @@ class _SynthesisRun:
             if outcome == "loaded":
                 loaded.append((item.key, value))
                 continue
-            if outcome == "skipped":
-                self._end(ItemResult(item, target, "skipped"))
+            if outcome in ("exists", "skipped"):
+                self._end(ItemResult(item, target, outcome))
             else:
                 self._failed(item, target, value)
             self.progress.advance()
@@ -604,22 +495,13 @@ class _SynthesisRun:
                                      samples=done.handoff.value))
         self.pending.clear()
 
-    def _reported(self, blocks: Iterator[Any]) -> Iterator[Any]:
-        """``blocks`` as they are, reporting the audio produced after each one."""
-        produced = getattr(self.progress, "produced", None)
-        done = 0
-        for block in blocks:
-            done += len(block)
-            if produced is not None:
-                produced(self.summary.seconds + done / self.job.sample_rate)
-            yield block
-
     def _end(self, result: ItemResult) -> None:
         self.summary.add(result)
 
     def _failed(self, item: Item, target: Path | None, error: BaseException) -> None:
-        if self.job.policy.kept_theirs(error):
-            self._end(ItemResult(item, target, "skipped", error))
+        kept = self.job.policy.settles(error)
+        if kept is not None:
+            self._end(ItemResult(item, target, kept, error))
             return
         self._end(ItemResult(item, target, "failed", error))
         self.progress.failed(error)
@@ -628,11 +510,15 @@ class _SynthesisRun:
 
 
 def _blocks_of(item: Item, events: Iterable[tuple[str, object, bool]]) -> Iterator[Any]:
-    for _, block, _ in events:
+    """The item's audio blocks, ending at its last event: not at the next item's first (which
+    would hold its file back until the next batch is made)."""
+    for _, block, last in events:
         if isinstance(block, BaseException):
             raise block if isinstance(block, WaveGlowError) else SynthesisError(
                 item.display, f"synthesis failed ({type(block).__name__}: {block})")
         yield block
+        if last:
+            return
 
 
 def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
@@ -664,7 +550,9 @@ def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
                                    samples_of=synthesizer.samples)
     return SynthesisJob(synthesizer,
                         SynthesisInputReader(vocoder.mel_config, mel_layout, mel_scale,
-                                             convention=converter), writer,
+                                             convention=converter,
+                                             context_frames=vocoder.config.context_frames()),
+                        writer,
                         vocoder.sample_rate, policy, fail_fast,
                         window=max(batch.batch_size * 8, 64), stdin=stdin,
                         first_piece=first_piece)

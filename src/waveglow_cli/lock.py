@@ -8,12 +8,15 @@ waiting is bounded by the holder's progress (see :class:`CheckpointLock`).
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
 from .errors import CheckpointNotAvailableError
-from .fileio import pid_alive
+from .fileio import open_checked, pid_alive, read_capped, remove_stale_parts, replace_file
 from .progress import ProgressReporter
+
+_OWNER_BYTES = 64  # "<pid>\n": far more than any pid takes
 
 
 class CheckpointLock:
@@ -37,12 +40,29 @@ class CheckpointLock:
         self.stall_timeout, self.watch = stall_timeout, watch
 
     def _owner(self) -> str:
+        """The holder's pid as its owner file says ('' when it says nothing usable).  Opened
+        non-blocking and read only if it is a small regular file: a FIFO or a device planted
+        under its name must not hang or flood a waiter (the pid is only for messages)."""
         try:
-            with open(self.owner_file, "rb") as f:
-                text = f.read(64).decode("ascii", "replace").strip()
+            fd, st = open_checked(self.owner_file)
         except OSError:
             return ""
+        try:
+            data = read_capped(fd, _OWNER_BYTES) if stat.S_ISREG(st.st_mode) else None
+        except OSError:
+            data = None
+        finally:
+            os.close(fd)
+        text = (data or b"").decode("ascii", "replace").strip()
         return text if text.isdigit() else ""
+
+    def _write_owner(self) -> None:
+        """Our pid in the owner file, renamed over its name: whatever was planted there (a
+        FIFO, a link) is replaced, never opened (see :func:`~waveglow_cli.fileio.replace_file`)."""
+        try:
+            replace_file(self.owner_file, f"{os.getpid()}\n".encode("ascii"))
+        except OSError:
+            pass  # the pid is only for messages
 
     def _activity(self) -> tuple[tuple[str, int, int], ...]:
         """What the holder's progress looks like from outside: its files' sizes and times."""
@@ -67,10 +87,8 @@ class CheckpointLock:
             self.lock.acquire(timeout=0.2)
         except Timeout:
             self._wait_for_holder()
-        try:
-            self.owner_file.write_text(f"{os.getpid()}\n", "ascii")
-        except OSError:
-            pass  # the pid is only for messages
+        remove_stale_parts(self.path.parent)  # owner files a killed holder was writing
+        self._write_owner()
         return self
 
     def _wait_for_holder(self) -> None:

@@ -324,13 +324,15 @@ class WaveGlow(nn.Module):
         return self.config.noise_shape(batch, frames)
 
     def infer(self, mel: Tensor, sigma: float = 1.0, z: Tensor | None = None,
-              lengths: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+              lengths: Tensor | None = None, generator: torch.Generator | None = None,
+              progress: FlowProgress | None = None) -> Tensor:
         """(B, M, F) natural-log mel -> (B, F * hop) audio.
 
         ``z`` (B, G, T) is standard-normal noise in the layout :meth:`forward` returns (early
         outputs first, in flow order), so ``infer(mel, 1.0, z=forward(mel, audio)[0])`` gives
         ``audio`` back.  Without ``z`` noise is drawn from ``generator``.  ``lengths`` (B,) in
-        frames masks padding so each item equals its unbatched synthesis."""
+        frames masks padding so each item equals its unbatched synthesis.  ``progress`` is told
+        the fraction done after each flow (:data:`FlowProgress`)."""
         c = self.config
         frames = mel.size(2)
         cond = self.upsample_mel(mel, frames * c.hop_length)
@@ -346,7 +348,7 @@ class WaveGlow(nn.Module):
 
         audio = reverse_flows(c, lambda lo, hi: sigma * z[:, lo:hi, :],
                               lambda k, audio_0: self.WN[k](audio_0, cond, mask),
-                              lambda k, joined: self.convinv[k].inverse(joined))
+                              lambda k, joined: self.convinv[k].inverse(joined), progress)
         return audio.permute(0, 2, 1).reshape(audio.size(0), -1)
 
     # -- training direction ----------------------------------------------------------------
@@ -385,9 +387,26 @@ class WaveGlow(nn.Module):
         return torch.cat(early_outputs, 1), log_s_list, log_det_list
 
 
+#: Told the fraction of a forward pass's audio done, in (0, 1], after each flow of the reverse
+#: flow (the last call says 1.0).  A plain Python call per flow: on CUDA it runs when the
+#: flow's kernels are queued, not when they finish (no synchronisation is added for it).
+FlowProgress = Callable[[float], None]
+
+
+def part_of(progress: FlowProgress | None, done: float, size: float, total: float
+            ) -> FlowProgress | None:
+    """``progress`` for one part of a pass that runs in parts (an engine's groups of rows):
+    the part's fractions map onto ``[done, done + size]`` of ``total``, so the pass as a whole
+    still reports increasing fractions ending at 1."""
+    if progress is None or total <= 0:
+        return progress
+    return lambda fraction: progress((done + fraction * size) / total)
+
+
 def reverse_flows(config: WaveGlowConfig, noise: Callable[[int, int], Tensor],
                   coupling: Callable[[int, Tensor], Tensor],
-                  mix_inverse: Callable[[int, Tensor], Tensor]) -> Tensor:
+                  mix_inverse: Callable[[int, Tensor], Tensor],
+                  progress: FlowProgress | None = None) -> Tensor:
     """The inference direction of the flow, written once for every implementation.
 
     ``noise(lo, hi)`` gives sigma x noise channels [lo, hi) in the implementation's layout
@@ -395,7 +414,8 @@ def reverse_flows(config: WaveGlowConfig, noise: Callable[[int, int], Tensor],
     conditioning half, the affine coupling's (b, log s) stacked on dimension 1;
     ``mix_inverse(k, x)`` applies the inverse of flow ``k``'s 1x1 convolution.  The flows run
     last to first; the channels split off early in the forward direction are re-injected from
-    the noise in front of the rest, as in NVIDIA's ``infer``."""
+    the noise in front of the rest, as in NVIDIA's ``infer``.  ``progress``, where given, is
+    told the fraction of the flows done after each one (:data:`FlowProgress`)."""
     n_early = config.n_early_outputs()
     audio = noise(n_early * config.n_early_size, config.n_group)
     for k in reversed(range(config.n_flows)):
@@ -409,6 +429,8 @@ def reverse_flows(config: WaveGlowConfig, noise: Callable[[int, int], Tensor],
             n_early -= 1
             start = n_early * config.n_early_size
             audio = torch.cat([noise(start, start + config.n_early_size), audio], 1)
+        if progress is not None:
+            progress((config.n_flows - k) / config.n_flows)
     return audio
 
 

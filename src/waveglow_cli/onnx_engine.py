@@ -18,7 +18,7 @@ so that even a tensor the checks missed could not name a file to read.  Nothing 
 ONNX file can run code.  Any failure to parse or load it is one
 :class:`~waveglow_cli.errors.CheckpointError` naming the file.
 
-onnxruntime and onnx are optional (``pip install "waveglow-cli[onnx]"``); this module imports
+onnxruntime and onnx are optional (``pip install "waveglow-exact[onnx]"``); this module imports
 them only when a file is opened, so ``load_vocoder`` can recognise an ONNX path without them.
 """
 
@@ -38,7 +38,7 @@ from torch import Tensor
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, UsageError
 from .mel import MelConfig
-from .model import WaveGlowConfig
+from .model import FlowProgress, WaveGlowConfig
 from .onnx_check import (ImplausibleArchitecture, check_architecture, check_model_tensors,
                          check_weights_fit, read_model_bytes, weight_budget)
 
@@ -67,7 +67,7 @@ MAX_MEL_FFT = 1 << 16
 # file itself, which is not a folder, so no external file can ever be opened (defence in depth
 # behind onnx_check, which refuses such tensors first).
 _EXTERNAL_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
-INSTALL_HINT = 'pip install "waveglow-cli[onnx]" (onnx and onnxruntime)'
+INSTALL_HINT = 'pip install "waveglow-exact[onnx]" (onnx and onnxruntime)'
 
 
 def is_onnx_file(path: str | Path) -> bool:
@@ -105,6 +105,16 @@ def checked_model_bytes(path: Path) -> bytes:
     self-contained model whose tensors, architecture and contract pass the checks of
     :mod:`waveglow_cli.onnx_check` and :func:`read_onnx_info`: all before onnxruntime (or any
     allocation a declaration sizes) sees them."""
+    return _checked_model(path)[0]
+
+
+def read_onnx_file_info(path: Path) -> OnnxInfo:
+    """What a ``waveglow export`` file declares (``waveglow info`` shows it), checked as for
+    running it; needs the onnx package, not onnxruntime."""
+    return _checked_model(path)[1]
+
+
+def _checked_model(path: Path) -> tuple[bytes, OnnxInfo]:
     try:
         import onnx
     except ImportError:
@@ -123,8 +133,8 @@ def checked_model_bytes(path: Path) -> bytes:
         t.values.name for t in graph.sparse_initializer}
     inputs = {i.name: _declared_shape(i) for i in graph.input if i.name not in initializers}
     meta = {p.key: p.value for p in model.metadata_props}
-    _checked_info(path, inputs, [o.name for o in graph.output], meta, weight_budget(path))
-    return data
+    return data, _checked_info(path, inputs, [o.name for o in graph.output], meta,
+                               weight_budget(path))
 
 
 def _declared_shape(value_info: Any) -> list[int | str | None]:
@@ -275,10 +285,11 @@ class OnnxEngine:
         self.dtype = self.info.dtype
         self.providers: list[str] = list(self.session.get_providers())
 
-    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None
-              ) -> Tensor:
+    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None,
+              progress: FlowProgress | None = None) -> Tensor:
         """As :meth:`Engine.infer <waveglow_cli.engine.Engine.infer>`; ``lengths`` None means
-        every item is the mel's full length."""
+        every item is the mel's full length.  The graph runs whole, so ``progress`` hears
+        only the end of each slice of the batch (each run of the session)."""
         c = self.config
         batch, n_mels, frames = mel.shape
         if n_mels != c.n_mel_channels:
@@ -293,7 +304,10 @@ class OnnxEngine:
         sigma_np = np.asarray(sigma, dtype=np.float32)
         size = self.info.batch
         if size is None:
-            return torch.from_numpy(self._run(mel_np, z_np, lengths_np, sigma_np))
+            audio = self._run(mel_np, z_np, lengths_np, sigma_np)
+            if progress is not None:
+                progress(1.0)
+            return torch.from_numpy(audio)
         parts = []
         for lo in range(0, batch, size):
             rows = slice(lo, min(batch, lo + size))
@@ -301,6 +315,8 @@ class OnnxEngine:
             parts.append(self._run(_pad_rows(mel_np[rows], pad), _pad_rows(z_np[rows], pad),
                                    _pad_rows(lengths_np[rows], pad, frames), sigma_np)
                          [:size - pad])
+            if progress is not None:
+                progress(rows.stop / batch)
         return torch.from_numpy(np.concatenate(parts))
 
     def _run(self, mel: np.ndarray, z: np.ndarray, lengths: np.ndarray, sigma: np.ndarray

@@ -1,6 +1,6 @@
 """Figures around a vocoder: a mel spectrogram, a waveform with its mel, two signals compared.
 
-matplotlib is an optional extra (``pip install 'waveglow-cli[plot]'``); without it the
+matplotlib is an optional extra (``pip install 'waveglow-exact[plot]'``); without it the
 functions raise :class:`PlotUnavailableError` with that instruction.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -296,15 +296,27 @@ def _looks_like_path(spec: str) -> bool:
 
 def close_matches(spec: str, registry: Registry, n: int = 3) -> list[str]:
     """Registry names that ``spec`` may be a typo of (names and aliases compared)."""
+    return closest_names(spec, [(key, entry.name) for entry in registry.entries.values()
+                                for key in (entry.name, *entry.aliases)], n)
+
+
+def closest_names(word: str, spellings: Iterable[tuple[str, str]], n: int = 3) -> list[str]:
+    """The names ``word`` may be a typo of, closest first: ``spellings`` pairs each way of
+    writing a name (the name itself, an alias) with that name; case is ignored.  Checkpoint
+    names and mel convention presets are suggested alike."""
     by_key: dict[str, str] = {}
-    for entry in registry.entries.values():
-        for key in (entry.name, *entry.aliases):
-            by_key.setdefault(key.lower(), entry.name)
+    for key, name in spellings:
+        by_key.setdefault(key.lower(), name)
     found: list[str] = []
-    for key in difflib.get_close_matches(spec.lower(), list(by_key), n=2 * n, cutoff=0.6):
+    for key in difflib.get_close_matches(word.lower(), list(by_key), n=2 * n, cutoff=0.6):
         if by_key[key] not in found:
             found.append(by_key[key])
     return found[:n]
+
+
+def did_you_mean(matches: list[str]) -> str:
+    """"did you mean 'a' or 'b'? " to start a hint in an error message; "" for no match."""
+    return f"did you mean {' or '.join(repr(m) for m in matches)}? " if matches else ""
 
 
 def unknown_checkpoint_error(spec: str, registry: Registry) -> UnknownCheckpointError:
@@ -312,7 +324,7 @@ def unknown_checkpoint_error(spec: str, registry: Registry) -> UnknownCheckpoint
     if _looks_like_path(spec) and not close_matches(Path(spec).stem, registry):
         return UnknownCheckpointError(f"{spec}: no such checkpoint file")
     matches = close_matches(Path(spec).stem if _looks_like_path(spec) else spec, registry)
-    hint = (f"did you mean {' or '.join(repr(m) for m in matches)}? " if matches else "")
+    hint = did_you_mean(matches)
     names = ", ".join(sorted(registry.entries)) or "(none)"
     return UnknownCheckpointError(
         f"unknown checkpoint {spec!r}: not a file and not a registry name; {hint}"

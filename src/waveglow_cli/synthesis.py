@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .engine import Engine, as_engine
-from .model import WaveGlow, WaveGlowConfig
+from .model import FlowProgress, WaveGlow, WaveGlowConfig
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -53,6 +53,11 @@ class MelLike(Protocol):
 # One step of :meth:`Synthesizer.stream`: (key, the next stretch of the item's audio or the
 # exception that failed it, whether this is the item's last event).
 Event = tuple[str, "np.ndarray | Exception", bool]
+
+#: Told the samples of audio synthesised so far in one :meth:`Synthesizer.stream` (all its
+#: items together), increasing: within a forward pass after each flow, so that even one long
+#: file made in one pass shows progress.  A failed batch's audio counts as done (its work is).
+AudioProgress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,32 @@ class _Item:
 
 
 @dataclass
+class _Computed:
+    """The audio one stream has synthesised so far, told to ``report`` as it grows: the
+    batches finished, plus the fraction of the running batch that its engine reports."""
+
+    report: AudioProgress
+    done: int = 0                     # samples of the batches finished
+    told: int = 0                     # the last count reported (never told less again)
+
+    def within(self, samples: int, offset: int = 0) -> FlowProgress:
+        """The engine's callback for a pass of ``samples`` that starts ``offset`` samples after
+        the finished batches (a half of a batch retried in halves starts after the other)."""
+        start = self.done + offset
+        return lambda fraction: self._tell(start + int(fraction * samples))
+
+    def finish(self, samples: int) -> None:
+        self.done += samples
+        self._tell(self.done)
+
+    def _tell(self, samples: int) -> None:
+        # A batch retried in halves (out of GPU memory) reports its start again: told once.
+        if samples > self.told:
+            self.told = samples
+            self.report(samples)
+
+
+@dataclass
 class Synthesizer:
     """Batched, chunked synthesis of many items, streamed: :meth:`stream` hands on each item's
     audio front to back as its pieces finish; :meth:`run` gives whole items."""
@@ -394,7 +425,8 @@ class Synthesizer:
         return frames * config.hop_length // config.n_group * config.n_group
 
     def stream(self, items: Iterable[tuple[str, MelLike]], cancelled: Container[str] = (),
-               seeds: Mapping[str, int] | None = None) -> Iterator[Event]:
+               seeds: Mapping[str, int] | None = None,
+               progress: AudioProgress | None = None) -> Iterator[Event]:
         """Yields (key, audio block, done) events: each item's blocks in order, ending with
         ``done`` True; a failed item yields (key, exception, True) once instead.  The blocks
         join to exactly what :meth:`run` gives.  Without ``batch.first_piece`` an item's events
@@ -402,7 +434,8 @@ class Synthesizer:
         :func:`plan_waves`) the items' events interleave.  Keys must be unique; ``seeds[key]``,
         where given, is that item's noise seed (else :func:`noise_seed` of the options' seed
         and the key).  Keys in ``cancelled`` (the caller gave up on them) are not computed
-        further."""
+        further.  ``progress`` is told the samples synthesised so far (:data:`AudioProgress`);
+        without it the engine is called as it always was (no callback)."""
         state: dict[int, _Item] = {}
         whole: list[Piece] = []
         chunked: list[Piece] = []
@@ -422,17 +455,27 @@ class Synthesizer:
             (whole if len(pieces) == 1 else chunked).extend(pieces)
         batches = (plan_waves(whole + chunked, self.batch) if first
                    else plan_batches(whole, self.batch) + plan_in_order(chunked, self.batch))
+        computed = None if progress is None else _Computed(progress)
         for batch in batches:
             batch = [p for p in batch
                      if not state[p.item].closed and state[p.item].key not in cancelled]
             if batch:
-                yield from self._run_batch(batch, state)
+                yield from self._run_batch(batch, state, computed)
 
-    def _run_batch(self, batch: list[Piece], state: dict[int, _Item]) -> Iterator[Event]:
+    def _kept_samples(self, batch: list[Piece], state: dict[int, _Item]) -> int:
+        """Samples of audio a batch's pieces give (their outputs, without context)."""
+        hop = self.config.hop_length
+        return sum(max(0, min(p.end * hop, state[p.item].samples) - p.start * hop)
+                   for p in batch)
+
+    def _run_batch(self, batch: list[Piece], state: dict[int, _Item],
+                   computed: _Computed | None = None) -> Iterator[Event]:
         try:
-            outputs = self._infer_with_retry(batch, state)
+            outputs = self._infer_with_retry(batch, state, computed)
         except Exception as e:  # noqa: BLE001 - an item's failure must not stop the others
             outputs = [e] * len(batch)
+        if computed is not None:
+            computed.finish(self._kept_samples(batch, state))
         hop = self.config.hop_length
         for piece, out in sorted(zip(batch, outputs), key=lambda pair: (pair[0].item, pair[0].start)):
             item = state[piece.item]
@@ -468,21 +511,27 @@ class Synthesizer:
             if last:
                 item.closed = True
 
-    def _infer_with_retry(self, batch: list[Piece], state: dict[int, _Item]
+    def _infer_with_retry(self, batch: list[Piece], state: dict[int, _Item],
+                          computed: _Computed | None = None, offset: int = 0
                           ) -> list[np.ndarray | Exception]:
-        """Run a batch; on CUDA out-of-memory, halve it and try again."""
+        """Run a batch; on CUDA out-of-memory, halve it and try again.  ``offset``: samples of
+        its batch before these pieces (the halves' progress follows each other)."""
+        flows = None if computed is None else computed.within(self._kept_samples(batch, state),
+                                                              offset)
         try:
-            return self._infer(batch, state)
+            return self._infer(batch, state, flows)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(batch) == 1:
                 return [MemoryError("out of GPU memory even for a batch of one; lower --max-frames")]
             half = len(batch) // 2
-            return (self._infer_with_retry(batch[:half], state)
-                    + self._infer_with_retry(batch[half:], state))
+            return (self._infer_with_retry(batch[:half], state, computed, offset)
+                    + self._infer_with_retry(batch[half:], state, computed,
+                                             offset + self._kept_samples(batch[:half], state)))
 
     @torch.inference_mode()
-    def _infer(self, batch: list[Piece], state: dict[int, _Item]) -> list[np.ndarray]:
+    def _infer(self, batch: list[Piece], state: dict[int, _Item],
+               progress: FlowProgress | None = None) -> list[np.ndarray]:
         config = self.config
         longest = max(p.frames for p in batch)
         mel = torch.zeros(len(batch), config.n_mel_channels, longest)
@@ -500,7 +549,11 @@ class Synthesizer:
         mask_lengths = None if len(batch) == 1 else lengths
         if self.device.type == "cuda":  # page-locked: the copies to the GPU run at full speed
             mel, z = mel.pin_memory(), z.pin_memory()
-        audio = self.engine.infer(mel, self.options.sigma, z, mask_lengths)
+        if progress is None:  # an engine written before the callback existed still runs
+            audio = self.engine.infer(mel, self.options.sigma, z, mask_lengths)
+        else:
+            audio = self.engine.infer(mel, self.options.sigma, z, mask_lengths,
+                                      progress=progress)
         audio = audio.float().cpu().numpy()
         return [audio[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]
 

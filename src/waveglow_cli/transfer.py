@@ -21,16 +21,19 @@ bytes came from, so that a later run resumes them only from the same URL.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .errors import (ChecksumMismatchError, SourceFailed, SourceRefused, TransferCut,
-                     TransferRestart)
-from .fileio import remove_files
+from .errors import (ChecksumMismatchError, OutputWriteError, SourceFailed, SourceRefused,
+                     TransferCut, TransferRestart)
+from .fileio import (file_kind, new_file_mode, open_checked, read_capped, remove_files,
+                     replace_file)
 from .gdrive import confirmation_request
 from .progress import ProgressReporter
 from .settings import DownloadLimits
@@ -167,14 +170,50 @@ def _iter_body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
         raise
 
 
+_STATE_BYTES = 1 << 16  # {"url": ...}: a URL is far shorter
+
+
 def _read_state(state_file: Path) -> dict[str, Any]:
-    """A partial download's bookkeeping ({"url": ...}); {} when absent or damaged."""
+    """A partial download's bookkeeping ({"url": ...}); {} when absent or damaged (a FIFO or
+    device under its name included: opened non-blocking, read only if a small regular file)."""
     try:
-        with open(state_file, "rb") as f:
-            state = json.loads(f.read(1 << 16))
-    except (OSError, ValueError):
+        fd, st = open_checked(state_file)
+    except OSError:
         return {}
+    try:
+        raw = read_capped(fd, _STATE_BYTES) if stat.S_ISREG(st.st_mode) else None
+        state = json.loads(raw) if raw is not None else None
+    except (OSError, ValueError, RecursionError):
+        return {}
+    finally:
+        os.close(fd)
     return state if isinstance(state, dict) else {}
+
+
+def _drop_planted(partial: Path) -> None:
+    """Remove a partial download that is no regular file (a link, a FIFO, a device): it holds
+    no bytes of ours, and writing to it would go through the link or wait on the FIFO."""
+    try:
+        if not stat.S_ISREG(os.lstat(partial).st_mode):
+            os.unlink(partial)
+    except (FileNotFoundError, IsADirectoryError):
+        pass
+
+
+def _open_partial(partial: Path, mode: str) -> BinaryIO:
+    """``partial`` opened to write from zero ('wb') or to append ('ab'): never through a link
+    (O_NOFOLLOW), never waiting on a FIFO (O_NONBLOCK), and only if what was opened is a
+    regular file."""
+    flags = (os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(partial, flags, new_file_mode())
+    mode_bits = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode_bits):
+        os.close(fd)
+        raise OutputWriteError(partial, f"is {file_kind(mode_bits)}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode)
 
 
 def _check_status(status: int) -> None:
@@ -223,11 +262,12 @@ class _Transfer:
         """Bring the partial file to the complete body; returns the URL finally used."""
         r = self.r
         state = _read_state(self.state_file)
+        _drop_planted(r.partial)
         if r.partial.exists() and (state.get("url") != r.url
                                    or r.partial.stat().st_size > r.cap):
             # From another source (its bytes may differ), or beyond the cap.
             remove_files(r.partial)
-        self.state_file.write_text(json.dumps({"url": r.url}), "utf-8")
+        replace_file(self.state_file, json.dumps({"url": r.url}).encode("utf-8"))
         started = time.monotonic()
         while True:
             self.attempts += 1
@@ -332,7 +372,7 @@ class _Transfer:
 
     def _receive(self, response: requests.Response, mode: str, have: int, pace: _Pace) -> None:
         r = self.r
-        with open(r.partial, mode) as out:
+        with _open_partial(r.partial, mode) as out:
             # Counted after decoding: a gzip body cannot expand past the cap either.
             for block in _iter_body(response, r.policy.chunk_size):
                 if have + self.got + len(block) > r.cap:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,8 @@ import torch
 
 from .cache import ensure_checkpoint
 from .checkpoint import Checkpoint, read_checkpoint
-from .engine import Engine, pick_device, pick_dtype
-from .errors import UsageError
+from .engine import Engine, engine_from_float32, pick_device, pick_dtype
+from .errors import CheckpointError, UsageError
 from .mel import MelConfig, mel_spectrogram
 from .model import WaveGlow, WaveGlowConfig, waveglow_loss
 from .registry import Registry, RegistryEntry
@@ -70,6 +71,58 @@ def mel_settings_for(spec: str, settings: Settings, progress: Any = None) -> Mel
 
 
 # ---------------------------------------------------------------------------------------------
+# The weights: in the engine only
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The checkpoint file a vocoder from :func:`load_vocoder` reads its weights from again
+    when it needs them (the likelihood beside an engine that is not a module, another
+    precision): in memory, only the engine holds them.  ``identity`` is the file's (device,
+    inode, size, mtime) when it was first read, so that a file replaced since is refused rather
+    than mixed with an engine built from the old one."""
+
+    path: Path
+    identity: tuple[int, int, int, int]
+
+    @classmethod
+    def at(cls, path: Path) -> WeightsFile:
+        return cls(path, _file_identity(path))
+
+    def read(self) -> Checkpoint:
+        try:
+            unchanged = _file_identity(self.path) == self.identity
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            raise CheckpointError(self.path, "changed or gone since the vocoder was loaded (its "
+                                             "engine holds the old weights); load it again")
+        return read_checkpoint(self.path)
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _read_engine(weights: WeightsFile, device: torch.device, dtype: torch.dtype, kind: str,
+                 cache_dir: Path | None) -> tuple[Checkpoint, Engine]:
+    """The checkpoint without its weights, and the engine that holds them.  The checkpoint's
+    tensors are let go once the float32 model is built from them, before the engine is folded
+    or cast from the model: at most two copies of the weights exist at once, and one stays.
+    For the 256-channel model through the fast path, the peak was the checkpoint, the model
+    and the engine (3 x 0.35 GB), and the checkpoint's copy was kept beside the engine."""
+    checkpoint = weights.read()
+    model = checkpoint.build_model("cpu", torch.float32)
+    checkpoint = dataclasses.replace(checkpoint, state_dict={})  # the only reference: freed
+    return checkpoint, engine_from_float32(model, device, dtype, kind, cache_dir)
+
+
+_NO_WEIGHTS = ("the checkpoint's weights; an ONNX export holds only the inference graph (use "
+               "the checkpoint it was exported from)")
+
+
+# ---------------------------------------------------------------------------------------------
 # The vocoder
 
 
@@ -96,17 +149,20 @@ class Vocoder:
     """A loaded WaveGlow with its mel settings: mel -> audio, and audio -> likelihood.
 
     ``engine`` runs inference (chosen once for the device and precision: the eager model, or
-    the CPU bf16 fast path); ``denoiser`` is NVIDIA's bias-spectrum denoiser when asked for."""
+    the CPU bf16 fast path); ``denoiser`` is NVIDIA's bias-spectrum denoiser when asked for.
+    ``checkpoint`` may come without its weights (``state_dict`` empty) where ``weights`` says
+    which file to read them from again: so :func:`load_vocoder` keeps one copy, the engine's."""
 
     def __init__(self, engine: Engine, checkpoint: Checkpoint, mel_config: MelConfig,
                  denoiser: Denoise | None = None, batch: BatchOptions | None = None,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, *, weights: WeightsFile | None = None) -> None:
         self.engine = engine
         self.checkpoint = checkpoint
         self.mel_config = mel_config
         self.denoiser = denoiser
         self.batch = batch or BatchOptions()
         self.path = path  # the checkpoint file read (None: built in memory)
+        self.weights = weights
         self._float32_model: WaveGlow | None = None  # built for score() when the engine has none
         self._sha256: str | None = None
 
@@ -143,19 +199,41 @@ class Vocoder:
         if isinstance(model, WaveGlow):
             return model
         if self._float32_model is None:
-            if not self.checkpoint.state_dict:  # an exported graph (ONNX) holds no weights
-                raise UsageError(f"{self.path or 'this vocoder'}: the likelihood needs the "
-                                 "checkpoint's weights; an ONNX export holds only the inference "
-                                 "graph (score the checkpoint it was exported from)")
-            self._float32_model = self.checkpoint.build_model(self.device, torch.float32)
+            checkpoint = self._checkpoint_with_weights("the likelihood")
+            self._float32_model = checkpoint.build_model(self.device, torch.float32)
         return self._float32_model
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the checkpoint's weights are at hand (in memory or in its file): an ONNX
+        export has only its inference graph."""
+        return bool(self.checkpoint.state_dict) or self.weights is not None
+
+    def _checkpoint_with_weights(self, purpose: str) -> Checkpoint:
+        if self.checkpoint.state_dict:
+            return self.checkpoint
+        if self.weights is not None:
+            return self.weights.read()
+        raise UsageError(f"{self.path or 'this vocoder'}: {purpose} needs {_NO_WEIGHTS}")
 
     def with_engine(self, engine: Engine) -> Vocoder:
         """The same checkpoint, mel settings and batching over another engine (another
         precision of the same weights), with its own denoiser where this one has one."""
         denoiser = _denoiser_for(engine) if self.denoiser is not None else None
         return Vocoder(engine, self.checkpoint, self.mel_config, denoiser, self.batch,
-                       path=self.path)
+                       path=self.path, weights=self.weights)
+
+    def with_precision(self, dtype: torch.dtype, engine: str = "auto",
+                       cache_dir: Path | None = None) -> Vocoder:
+        """This vocoder in another precision on the same device: an engine built from the
+        checkpoint's weights (read from its file again where only the engine holds them);
+        ``engine`` and ``cache_dir`` as for :func:`load_vocoder`."""
+        if self.weights is not None and not self.checkpoint.state_dict:
+            _, chosen = _read_engine(self.weights, self.device, dtype, engine, cache_dir)
+        else:
+            chosen = self._checkpoint_with_weights("another precision").engine(
+                self.device, dtype, engine, cache_dir)
+        return self.with_engine(chosen)
 
     def synthesizer(self, options: SynthesisOptions | None = None,
                     batch: BatchOptions | None = None) -> Synthesizer:
@@ -256,13 +334,15 @@ def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
     from .onnx_engine import is_onnx_file, open_onnx  # no onnxruntime import until a file
 
     chosen: Engine
+    weights = None
     if is_onnx_file(path):  # a `waveglow export` file: onnxruntime, its precision built in
         checkpoint, chosen = open_onnx(path, torch_device)
     else:
-        checkpoint = read_checkpoint(path)
-        chosen = checkpoint.engine(torch_device, dtype, engine,  # chosen once, here
-                                   settings.compile_cache)
+        weights = WeightsFile.at(Path(path))
+        checkpoint, chosen = _read_engine(weights, torch_device, dtype, engine,  # chosen once
+                                          settings.compile_cache)
     denoiser = _denoiser_for(chosen) if denoise else None
     mel_config = mel_config_for(checkpoint, registry_entry_for(spec, settings))
     batch = BatchOptions.for_device(torch_device, chosen.config)  # synth's defaults
-    return Vocoder(chosen, checkpoint, mel_config, denoiser, batch, path=Path(path))
+    return Vocoder(chosen, checkpoint, mel_config, denoiser, batch, path=Path(path),
+                   weights=weights)

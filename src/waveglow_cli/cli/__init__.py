@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,6 +27,7 @@ from .checkpoints import convert, fetch, info, list_checkpoints, rm
 from .common import EXIT_INPUT_FAILED, stderr_console
 from .compare import compare
 from .export import export
+from .help import HelpCommand, HelpGroup
 from .mel import mel
 from .serve import serve
 from .synth import synth
@@ -34,8 +36,8 @@ from .train import train
 # Typer labels each option with its Python annotation (<bool>, <str>, <list[str]>); show
 # the words click uses instead, and nothing for a flag (its name says it all).
 _TYPE_LABELS = {"<bool>": None, "<str>": "TEXT", "<int>": "INTEGER", "<float>": "FLOAT",
-                "<list[str]>": "TEXT", "<Path>": "PATH", "<float range>": "FLOAT",
-                "<int range>": "INTEGER"}
+                "<list[str]>": "TEXT", "<Path>": "PATH", "<path>": "PATH",
+                "<float range>": "FLOAT", "<int range>": "INTEGER"}
 
 
 def _plain_type_labels() -> None:
@@ -58,16 +60,19 @@ def _plain_type_labels() -> None:
 
 _plain_type_labels()
 
+# click's plain help layout (cli/help.py): rich's table cuts option names at 80 columns
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=HelpGroup, rich_markup_mode=None,
+                  context_settings={"max_content_width": 100},
                   help="WaveGlow vocoder: mel spectrograms to audio, exactly as NVIDIA's "
                        "reference, on CPU, CUDA or MPS.")
 
 
 def _version(value: bool) -> None:
     if value:
-        from .._version import __version__
+        from .._version import package_version
 
-        typer.echo(f"waveglow {__version__}")
+        typer.echo(f"waveglow {package_version()}")
         raise typer.Exit()
 
 
@@ -92,10 +97,16 @@ app.command()(bench)
 app.command()(serve)
 app.command()(compare)
 app.command()(export)
+for _registered in app.registered_commands:  # each lays out its --help as the group does
+    _registered.cls = HelpCommand
 
 
 def main() -> None:
     """Console entry point; turns anything unexpected into one line (exit 1)."""
+    clash = _package_clash()
+    if clash is not None:
+        stderr_console().out(clash)
+        sys.exit(EXIT_INPUT_FAILED)
     try:
         app()
     except KeyboardInterrupt:
@@ -107,6 +118,22 @@ def main() -> None:
         if settings.debug:
             traceback.print_exception(e, file=sys.stderr)
         sys.exit(EXIT_INPUT_FAILED)
+
+
+def _package_clash() -> str | None:
+    """One line when another distribution installed files into this ``waveglow_cli`` package
+    (``waveglow-cli`` on the index ships one too, and pip lets it overwrite ours): whatever
+    failed next would not say why."""
+    from .._version import DISTRIBUTION, foreign_distribution
+
+    package_dir = Path(__file__).resolve().parent.parent
+    owner = foreign_distribution(package_dir)
+    if owner is None:
+        return None
+    other = owner.split()[0]
+    return (f"error: {owner}, another distribution, also installed files into {package_dir}; "
+            f"it and {DISTRIBUTION} cannot share one environment: pip uninstall {other} "
+            f"{DISTRIBUTION}, then pip install {DISTRIBUTION}")
 
 
 def _last_resort_message(error: BaseException) -> str:

@@ -9,8 +9,8 @@ import typer
 
 from ..errors import UsageError, WaveGlowError, printable
 from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointOption,
-                     DeviceOption, DownloadBar, ItemProgress, errors_to_exit, load_settings,
-                     report, stderr_console)
+                     DeviceOption, DownloadBar, ItemProgress, errors_to_exit,
+                     existing_outputs_hint, load_settings, report, stderr_console)
 
 if TYPE_CHECKING:
     from ..jobs import Item, JobProgress
@@ -18,14 +18,16 @@ if TYPE_CHECKING:
 
 
 def score(
-    inputs: Annotated[list[str], typer.Argument(help="Audio files or folders of them.",
-                                                show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(
+        metavar="INPUT", help="Audio files or folders of them.", show_default=False)],
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
 ) -> None:
-    """Exact log-likelihood of audio under the model: NVIDIA's training loss (sigma 1) and the
-    true negative log-likelihood in nats and bits per sample."""
+    """Exact log-likelihood of audio under the model.
+
+    Per file: NVIDIA's training loss (sigma 1) and the true negative log-likelihood in nats
+    and bits per sample."""
     import json
 
     from ..audio_io import AUDIO_SUFFIXES, read_mono
@@ -81,18 +83,22 @@ def _score_seconds(vocoder: Any) -> float:
 
 def plot(
     inputs: Annotated[list[str], typer.Argument(
+        metavar="INPUT",
         help="Mel files (.npy/.pt) or audio files; with --compare, exactly two audio files.",
         show_default=False)],
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="PNG file for one figure, a folder for several. "
                               "Default: <stem>.png beside each input.")] = None,
-    compare: Annotated[bool, typer.Option(help="Stack two signals in one figure.")] = False,
+    compare: Annotated[bool, typer.Option(help="Stack two signals in one figure.",
+                                          show_default=False)] = False,
     checkpoint: Annotated[str, typer.Option(
         "-c", "--checkpoint", help="Whose mel settings to use.")] = DEFAULT_CHECKPOINT,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing figures.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing figures.",
+                                            show_default=False)] = False,
 ) -> None:
-    """Figures: a mel spectrogram (time in seconds, mel frequency, colour bar), a waveform with
-    its mel, or two signals stacked (--compare)."""
+    """Figures: a mel spectrogram, a waveform with its mel, or two signals stacked (--compare).
+
+    Axes in seconds and mel frequency, with a colour bar."""
     from ..audio_io import AUDIO_SUFFIXES
     from ..jobs import MEL_SUFFIXES, OutputPolicy, discover, input_paths, plan_outputs, run_items
     from ..plot import plot_signals
@@ -120,22 +126,15 @@ def plot(
         plot_signals(target, panels, config, overwrite=overwrite)  # type: ignore[arg-type]
 
     with errors_to_exit(settings, os_errors=False):
-        with _PlotProgress(0, "plot", settings) as progress:  # no bar: one line per failure
+        with ItemProgress(0, "plot", settings) as progress:  # no bar: one line per failure
             summary = run_items([group[0] for group in groups], outputs,  # type: ignore[arg-type]
                                 OutputPolicy(overwrite=overwrite), handle, progress,
                                 inputs=input_paths(items))
+    # Existing figures are kept, said in one line (plot has --overwrite, no --skip-existing).
+    hint = existing_outputs_hint(summary, ("--overwrite",))
+    if hint is not None:
+        stderr_console().out(hint)
     raise typer.Exit(EXIT_INPUT_FAILED if summary.failed else EXIT_OK)
-
-
-class _PlotProgress(ItemProgress):
-    """An existing figure's message names only --overwrite (plot has no --skip-existing)."""
-
-    def failed(self, error: BaseException) -> None:
-        from ..errors import OutputExistsError, OutputExistsHint
-
-        if isinstance(error, OutputExistsError) and not isinstance(error, OutputExistsHint):
-            error = OutputExistsHint.of(error, ("--overwrite",))
-        super().failed(error)
 
 
 def _panels_for(item: Item, config: MelConfig) -> list[tuple[str, Any, str]]:

@@ -68,8 +68,10 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Timed runs (the median is reported).", min=1)] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """Synthesis speed on synthetic mels: samples/s, x real time, peak memory, and the fraction
-    of the device's matmul peak (measured in the same run)."""
+    """Synthesis speed on synthetic mels.
+
+    Samples/s, x real time, peak memory, and the fraction of the device's matmul peak
+    (measured in the same run)."""
     import json
 
     from ..bench import BenchOptions, baseline_reference, run_bench

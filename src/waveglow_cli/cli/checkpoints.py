@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from ..registry import RegistryEntry
     from ..settings import Settings
 
-CheckpointArgument = Annotated[str, typer.Argument(help="Checkpoint file or registry name.")]
+CheckpointArgument = Annotated[str, typer.Argument(metavar="CHECKPOINT",
+                                                   help="Checkpoint file or registry name.")]
 
 
 def info(checkpoint: CheckpointArgument, as_json: JsonOption = False,
@@ -34,10 +35,15 @@ def info(checkpoint: CheckpointArgument, as_json: JsonOption = False,
         return
     if data["name"] is not None:
         typer.echo(f"name:         {data['name']}")
+    if data["description"]:
+        typer.echo(f"description:  {data['description']}")
     typer.echo(f"file:         {data['path']}")
-    typer.echo(f"format:       {data['format']}"
-               + (f" (converted from {data['original_format']})" if data["original_format"]
-                  else ""))
+    if data["onnx"] is not None:
+        _echo_onnx(data)
+    else:
+        typer.echo(f"format:       {data['format']}"
+                   + (f" (converted from {data['original_format']})" if data["original_format"]
+                      else ""))
     if data["sha256"]:
         original = Path(data["sha256_of"])
         typer.echo(f"sha256:       {data['sha256']}"
@@ -49,11 +55,34 @@ def info(checkpoint: CheckpointArgument, as_json: JsonOption = False,
                    "no download)")
     elif data["name"] is not None:
         typer.echo(f"cache:        {data['cache_dir']}")
-    typer.echo(f"parameters:   {data['parameters']:,}")
+    if data["parameters"] is not None:
+        typer.echo(f"parameters:   {data['parameters']:,}")
     typer.echo(f"sample rate:  {data['sample_rate']}")
     for key, value in data["architecture"].items():
+        if key == "n_early_size" and not data["early_outputs"]:
+            value = "no early outputs"  # a size of 0 (or 2 never used) reads like a setting
         typer.echo(f"{key + ':':<13} {value}")
     typer.echo("mel:          " + ", ".join(f"{k}={v}" for k, v in data["mel"].items()))
+
+
+def _echo_onnx(data: dict[str, Any]) -> None:
+    """The lines only an ONNX export has: how it was exported and checked."""
+    onnx = data["onnx"]
+    typer.echo(f"format:       ONNX export (waveglow export, opset {onnx['opset']}"
+               + (f", from a {data['original_format']} checkpoint" if data["original_format"]
+                  else "") + ")")
+    computes = " (computes in float16 behind float32 inputs)" if onnx["precision"] == "fp16" \
+        else ""
+    typer.echo(f"precision:    {onnx['precision']}{computes}; batch {onnx['batch']}")
+    if onnx["source_sha256"]:
+        typer.echo(f"source:       {onnx['source'] or 'checkpoint'}, sha256 "
+                   f"{onnx['source_sha256']}")
+    if onnx["exported_by"]:
+        typer.echo(f"exported by:  {onnx['exported_by']}")
+    if onnx["verified"]:
+        typer.echo(f"verified:     at export, onnxruntime against the torch engine: "
+                   f"{onnx['verified']}")
+    typer.echo(f"size:         {data['size']:,} bytes")
 
 
 def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
@@ -65,6 +94,7 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
     from ..download import sha256_file
     from ..registry import Registry
     from ..cache import ensure_checkpoint
+    from ..onnx_engine import is_onnx_file
     from ..vocoder import mel_config_for
 
     registry = Registry.load(settings)
@@ -75,6 +105,8 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
         path = ensure_checkpoint(spec, settings, DownloadBar(), registry)
     except WaveGlowError as e:
         raise reword_way_forward(e, "argument") from None
+    if is_onnx_file(path):
+        return _describe_onnx(path)
     ckpt = read_checkpoint(path)
     meta, record_problem = read_record(entry, settings) if entry is not None else ({}, "")
     if record_problem:  # the bytes are hashed below instead; a damaged record is a note
@@ -95,13 +127,48 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
         "bundled": False,
         "source_url": meta.get("url"),
         "downloaded_at": meta.get("downloaded_at"),
-        **_contents(ckpt, mel_config_for(ckpt, entry).to_dict()),
+        **_contents(ckpt, mel_config_for(ckpt, entry).to_dict(), entry),
     }
 
 
-def _contents(ckpt: Any, mel: dict[str, Any]) -> dict[str, Any]:
+def _contents(ckpt: Any, mel: dict[str, Any], entry: RegistryEntry | None) -> dict[str, Any]:
     return {"parameters": sum(t.numel() for t in ckpt.state_dict.values()),
-            "sample_rate": ckpt.sample_rate, "architecture": ckpt.config.to_dict(), "mel": mel}
+            **_model(ckpt.config, ckpt.sample_rate, mel),
+            "description": entry.description if entry is not None else "", "onnx": None}
+
+
+def _model(config: Any, sample_rate: int, mel: dict[str, Any]) -> dict[str, Any]:
+    # early_outputs: how many flows split channels off (0 makes n_early_size moot)
+    return {"sample_rate": sample_rate, "architecture": config.to_dict(),
+            "early_outputs": config.n_early_outputs(), "mel": mel}
+
+
+def _describe_onnx(path: Path) -> dict[str, Any]:
+    """``info`` of a ``waveglow export`` file: what its metadata declares (read and checked as
+    for running it, without onnxruntime), the file's own sha256 and its source's."""
+    from ..download import sha256_file
+    from ..onnx_engine import META_DTYPE, META_PREFIX, META_SOURCE_SHA256, read_onnx_file_info
+
+    described = read_onnx_file_info(path)
+    meta = described.metadata
+    exporter = ", ".join(f"{what} {meta[META_PREFIX + key]}" for what, key in
+                         (("waveglow", "version"), ("torch", "torch"))
+                         if META_PREFIX + key in meta)
+    return {
+        "name": None, "path": str(path), "format": "onnx",
+        "original_format": meta.get(META_PREFIX + "source_format"),
+        "sha256": sha256_file(path), "sha256_of": str(path), "sha256_published": False,
+        "size": path.stat().st_size, "cache_dir": None, "bundled": False, "source_url": None,
+        "downloaded_at": None, "parameters": None, "description": "",
+        **_model(described.config, described.sample_rate, described.mel),
+        "onnx": {"opset": meta.get(META_PREFIX + "opset"),
+                 "precision": meta.get(META_DTYPE, "fp32"),
+                 "batch": described.batch or "dynamic",
+                 "source": meta.get(META_PREFIX + "source"),
+                 "source_sha256": meta.get(META_SOURCE_SHA256),
+                 "exported_by": exporter or None,
+                 "verified": meta.get(META_PREFIX + "verified")},
+    }
 
 
 def _describe_bundled(entry: RegistryEntry, result: Any) -> dict[str, Any]:
@@ -117,14 +184,15 @@ def _describe_bundled(entry: RegistryEntry, result: Any) -> dict[str, Any]:
         "sha256_published": result.published_sha256,
         "size": result.path.stat().st_size, "cache_dir": None, "bundled": True,
         "source_url": None, "downloaded_at": None,
-        **_contents(ckpt, mel_config_for(ckpt, entry).to_dict()),
+        **_contents(ckpt, mel_config_for(ckpt, entry).to_dict(), entry),
     }
 
 
 def convert(
     checkpoint: CheckpointArgument,
-    output: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Output .safetensors file.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.",
+                                            show_default=False)] = False,
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Storage type: fp32, or fp16 (half the size; weights rounded once, "
                         "computation unchanged).")] = "fp32",
@@ -193,18 +261,20 @@ def _human_size(size: int | None) -> str:
 
 def fetch(
     names: Annotated[list[str], typer.Argument(
-        help="Registry names or aliases (see `waveglow list`).", show_default=False)],
-    force: Annotated[bool, typer.Option(help="Download again even if cached.")] = False,
+        metavar="NAME", help="Registry names or aliases (see `waveglow list`).",
+        show_default=False)],
+    force: Annotated[bool, typer.Option(help="Download again even if cached.",
+                                        show_default=False)] = False,
     verify: Annotated[bool, typer.Option(
         help="Re-hash the cached file against the published (else recorded) sha256 and "
-             "download it again if it differs.")] = False,
+             "download it again if it differs.", show_default=False)] = False,
     offline: OfflineOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")
                      ] = False,
 ) -> None:
     """Download checkpoints into the cache (verified, resumable, locked).
 
-    A cached checkpoint needs no network at all.  Prints each one's cached path on stdout."""
+    A cached checkpoint needs no network at all. Prints each one's cached path on stdout."""
     from ..cache import fetch_checkpoint, reword_way_forward
 
     settings = load_settings(offline)
@@ -284,7 +354,8 @@ def list_checkpoints(
 
 def rm(
     names: Annotated[list[str], typer.Argument(
-        help="Registry names or aliases to remove from the cache.", show_default=False)],
+        metavar="NAME", help="Registry names or aliases to remove from the cache.",
+        show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes.")] = False,
 ) -> None:
     """Remove checkpoints from the cache (the next use downloads them again)."""

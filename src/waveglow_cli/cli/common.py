@@ -29,7 +29,8 @@ __all__ = ["EXIT_OK", "EXIT_INPUT_FAILED", "EXIT_USAGE", "DEFAULT_CHECKPOINT", "
            "MelCheckpointOption", "DeviceOption", "PrecisionOption", "QuietOption",
            "OverwriteOption", "SkipExistingOption", "OfflineOption", "JsonOption", "ItemProgress",
            "DownloadBar", "EXIT_STDOUT_CLOSED", "refuse_binary_to_terminal", "check_checkpoint",
-           "interrupts_to_exit", "end_of_job", "require_extra", "StepStatus"]
+           "interrupts_to_exit", "end_of_job", "require_extra", "StepStatus",
+           "existing_outputs_hint"]
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -c 1`'s yes
@@ -130,7 +131,7 @@ def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
             found = False
         if not found:
             raise UsageError(f"waveglow {command} needs the {extra} extra ({name} is missing): "
-                             f"pip install 'waveglow-cli[{extra}]'")
+                             f"pip install 'waveglow-exact[{extra}]'")
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -174,12 +175,38 @@ def _silence_stdout() -> None:
         pass
 
 
-def end_of_job(summary: Summary, quiet: bool) -> None:
-    """Print the job's summary line (unless ``quiet``); an interrupted job also says how to
-    resume and exits 130/143, a fail-fast one exits 1.  Returns for a job that ran through."""
+#: The flags of a command with the whole exists policy (synth, mel); plot has --overwrite only.
+EXISTS_FLAGS = ("--overwrite", "--skip-existing")
+
+
+def existing_outputs_hint(summary: Summary, flags: tuple[str, ...] = EXISTS_FLAGS
+                          ) -> str | None:
+    """One line for the outputs that existed and were kept under the default policy (None
+    when there were none), naming the flags ``flags`` of its command that decide otherwise."""
+    targets = summary.existing_targets()
+    if not targets:
+        return None
+    it = "it" if len(targets) == 1 else "them"
+    ways = {"--overwrite": f"--overwrite replaces {it}",
+            "--skip-existing": f"--skip-existing keeps {it} quietly"}
+    how = ", ".join(ways[flag] for flag in flags if flag in ways)
+    if len(targets) == 1:
+        return f"note: {targets[0]}: output exists already, kept: {how}"
+    return f"note: {len(targets)} outputs exist already, kept ({targets[0]}, ...): {how}"
+
+
+def end_of_job(summary: Summary, quiet: bool, flags: tuple[str, ...] = EXISTS_FLAGS) -> None:
+    """Print the job's summary line (unless ``quiet``) and, where outputs existed and were
+    kept, one hint line (even when ``quiet``: nothing else says the outputs are not fresh;
+    ``--skip-existing`` is the quiet way).  An interrupted job also says how to resume and
+    exits 130/143, a fail-fast one exits 1.  Returns for a job that ran through: existing
+    outputs are not failures (the command exits 0 unless an input failed)."""
     console = stderr_console()
     if not quiet:
         console.out(summary.line(with_seconds=not summary.stopped))
+    hint = existing_outputs_hint(summary, flags)
+    if hint is not None:
+        console.out(hint)
     if summary.interrupted:
         name = "SIGTERM" if summary.interrupted == 15 else "SIGINT"
         console.out(f"interrupted ({name}): the outputs written are complete and kept, none is "
@@ -199,20 +226,23 @@ MelCheckpointOption = Annotated[str, typer.Option(
     "-c", "--checkpoint", help="Whose mel settings to use: registry name or checkpoint file.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOption = Annotated[str, typer.Option(
-    help="auto: bf16 fast path on a CPU with native bf16 (AMX/AVX512-BF16) when sigma > 0, "
-         "else fp32 (sigma 0 always fp32: matches the reference); fp32, fp16 or bf16 "
-         "(faster, not exact).")]
+    help="auto: bf16 on a CPU with native bf16 (AMX/AVX512-BF16) when sigma > 0, else fp32 "
+         "(sigma 0: always fp32, exact as the reference); fp32; fp16 or bf16 (faster, not "
+         "exact).")]
 EngineOption = Annotated[str, typer.Option(
-    help="auto (on a CPU the packed fast path, fp32 or bf16; elsewhere the model itself), "
-         "eager (the model itself), packed (CPU), gpu (packed-row matrix products with a "
-         "float32 coupling; any device; not yet measured on a GPU) or compiled (gpu with "
-         "torch.compile; its code is cached under WAVEGLOW_HOME/compile-cache).")]
+    help="auto (packed on a CPU, else eager), eager (the model itself), packed (the CPU fast "
+         "path, fp32 or bf16), gpu (packed-row matrix products, float32 coupling, any device; "
+         "not yet measured on a GPU) or compiled (gpu through torch.compile, its code cached "
+         "in WAVEGLOW_HOME/compile-cache).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q",
                                            help="No progress bar, notes or summary.")]
-OverwriteOption = Annotated[bool, typer.Option(help="Replace existing outputs.")]
-SkipExistingOption = Annotated[bool, typer.Option(help="Keep existing outputs (resume).")]
+# A flag that is off unless given shows no "[default: no-overwrite]"
+OverwriteOption = Annotated[bool, typer.Option(help="Replace existing outputs.",
+                                               show_default=False)]
+SkipExistingOption = Annotated[bool, typer.Option(help="Keep existing outputs (resume).",
+                                                  show_default=False)]
 OfflineOption = Annotated[bool, typer.Option(
-    help="Never touch the network (as WAVEGLOW_OFFLINE=1).")]
+    help="Never touch the network (as WAVEGLOW_OFFLINE=1).", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -225,25 +255,32 @@ class ItemProgress:
     files).  What a job reports to (:class:`waveglow_cli.jobs.JobProgress`): failures become
     error lines, notes ``note:`` lines (not with ``notes=False``).
 
-    With ``audio`` (synthesis), the bar measures seconds of audio, moved after every piece or
-    batch, so even one long file shows movement; its rate is a real-time factor and its ETA
-    comes from the audio still to produce (known from the loaded mels' frame counts)."""
+    With ``audio`` (synthesis), the bar measures seconds of audio.  It appears once the first
+    inputs are opened, with the total from its first frame (``status``, a
+    :class:`StepStatus` shown until then, makes way for it), and it moves within each forward
+    pass (after every flow), so even one long file made in one pass shows movement; its rate
+    is a real-time factor and its ETA comes from the audio still to make."""
 
     def __init__(self, total: int, label: str, settings: Settings | None = None,
-                 notes: bool = True, audio: bool = False) -> None:
+                 notes: bool = True, audio: bool = False,
+                 status: StepStatus | None = None) -> None:
         self.console = stderr_console()
         self.settings = settings
         self.notes = notes
+        self.status = status
         self._progress = None
+        self._started = False
         self._audio = audio and total > 0
         self._items, self._ended, self._expected, self._produced = total, 0, 0.0, 0.0
+        self._redrawn = 0.0  # the audio seconds shown by the last redraw asked for
         if self._audio and self.console.is_terminal:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(TextColumn(label), BarColumn(),
                                       TextColumn("{task.description}"), TimeRemainingColumn(),
                                       console=self.console)
-            self._task = self._progress.add_task(self._audio_text(), total=None)
+            # Its clock starts with the bar (the rate counts synthesis, not reading).
+            self._task = self._progress.add_task(self._audio_text(), total=None, start=False)
         elif total > 1 and self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -254,12 +291,21 @@ class ItemProgress:
             self._task = self._progress.add_task("", total=total)
 
     def __enter__(self) -> ItemProgress:
-        if self._progress is not None:
-            self._progress.start()
+        if not self._audio:  # an audio bar waits for its total (expect)
+            self._start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _start(self) -> None:
+        if self._progress is not None and not self._started:
+            if self.status is not None:
+                self.status.stop()
+            if self._audio:
+                self._progress.start_task(self._task)
+            self._progress.start()
+            self._started = True
 
     def _audio_text(self) -> str:
         tasks = self._progress.tasks if self._progress is not None else []
@@ -274,18 +320,26 @@ class ItemProgress:
         if self._progress is not None:
             self._progress.update(self._task, total=self._expected,
                                   description=self._audio_text())
+            self._start()  # its first frame shows the total
 
     def produced(self, seconds: float) -> None:
+        if seconds <= self._produced:
+            return
         self._produced = seconds
         if self._progress is not None:
+            # Besides rich's own redraws (ten a second, from its thread), one for every 1% of
+            # the total: a step within a long pass is shown even on a busy machine.
+            redraw = self._started and seconds - self._redrawn >= 0.01 * self._expected
+            if redraw:
+                self._redrawn = seconds
             self._progress.update(self._task, completed=seconds,
-                                  description=self._audio_text())
+                                  description=self._audio_text(), refresh=redraw)
 
     def advance(self, seconds: float | None = None) -> None:
         if self._audio:
             self._ended += 1
             if seconds is not None:
-                self._produced = seconds
+                self._produced = max(self._produced, seconds)
             if self._progress is not None:
                 self._progress.update(self._task, completed=self._produced,
                                       description=self._audio_text())
@@ -298,7 +352,7 @@ class ItemProgress:
                 self._progress.update(self._task, description=f"{seconds:.0f} s of audio{rtf}")
 
     def stop(self) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._started:
             self._progress.stop()
 
     def note(self, text: str) -> None:

@@ -4,8 +4,10 @@ overall (:mod:`waveglow_cli.comparison`).
 Text: one tab-separated row per file, then a summary line, on standard output.  ``--json``: one
 JSON object ``{"reference", "generated", "files": [row, ...], "summary": {...}, "missing":
 [...]}``; each row has ``key, reference, generated, seconds, length_diff_s,
-log_mel_distance, mcd_db, f0_rmse_hz, voicing_error, loudness_diff_db`` and the summary
-``files`` and the mean of each metric plus ``worst_log_mel_distance`` (null where undefined).
+log_mel_distance, mcd_db, f0_rmse_hz, voicing_error, loudness_diff_db, pitch_frames,
+reference_voiced_frames, generated_voiced_frames`` (the last three null with ``--no-f0``; a
+null F0 RMSE's reason is in the text row) and the summary ``files`` and the mean of each metric
+plus ``worst_log_mel_distance`` (null where undefined).
 Every number is finite: a pair whose metrics would not be (1e30 float samples) fails with one
 line naming the file, and the JSON stays strict JSON.
 Exit 0 when every file was compared, 1 when one failed or had no counterpart, 2 for usage.
@@ -28,10 +30,12 @@ if TYPE_CHECKING:
 
 def compare(
     reference: Annotated[str, typer.Argument(
-        help="Reference audio file, or a folder of them.", show_default=False)],
+        metavar="REFERENCE", help="Reference audio file, or a folder of them.",
+        show_default=False)],
     generated: Annotated[str, typer.Argument(
-        help="Generated audio file, or a folder matched to the reference folder by "
-             "relative path (any audio suffix).", show_default=False)],
+        metavar="GENERATED", help="Generated audio file, or a folder matched to the reference "
+                                  "folder by relative path (any audio suffix).",
+        show_default=False)],
     as_json: JsonOption = False,
     plot: Annotated[str | None, typer.Option(
         "--plot", help="Also write side-by-side mel spectrograms, one <key>.png per pair, "
@@ -40,8 +44,10 @@ def compare(
     f0: Annotated[bool, typer.Option(
         "--f0/--no-f0", help="Pitch metrics (pyin: the slow part).")] = True,
 ) -> None:
-    """Compare generated audio with its reference: log-mel distance, mel-cepstral distortion,
-    F0 RMSE, voicing error and loudness difference."""
+    """Compare generated audio with its reference.
+
+    Per file and overall: log-mel distance, mel-cepstral distortion, F0 RMSE, voicing error
+    and loudness difference."""
     import json
 
     from ..comparison import compare_files, pair_inputs, summarise
@@ -80,7 +86,7 @@ def compare(
                                "files": [r.as_dict() for r in rows], "summary": summary,
                                "missing": missing}, allow_nan=False))
     else:
-        typer.echo(_summary_text(summary, failures))
+        typer.echo(_summary_text(summary, failures, f0))
     raise typer.Exit(EXIT_INPUT_FAILED if failures else EXIT_OK)
 
 
@@ -91,22 +97,27 @@ def _number(value: float | None, unit: str, fmt: str = ".3f") -> str:
 def _row_text(r: PairResult) -> str:
     from ..errors import printable
 
+    reason = r.f0_missing_reason()
     return (f"{printable(r.key)}\tlog-mel {_number(r.log_mel_distance, ' nats')}\t"
             f"MCD {_number(r.mcd_db, ' dB', '.2f')}\t"
-            f"F0 RMSE {_number(r.f0_rmse_hz, ' Hz', '.1f')}\t"
+            f"F0 RMSE {_number(r.f0_rmse_hz, ' Hz', '.1f')}"
+            f"{f' ({reason})' if reason else ''}\t"
             f"voicing error {_number(r.voicing_error, '', '.1%')}\t"
             f"loudness {_number(r.loudness_diff_db, ' dB', '+.2f')}")
 
 
-def _summary_text(summary: dict[str, float | int | None], failures: int) -> str:
+def _summary_text(summary: dict[str, float | int | None], failures: int, f0: bool) -> str:
     def metric(key: str, unit: str, fmt: str = ".3f") -> str:
         value = summary[key]
         return _number(None if value is None else float(value), unit, fmt)
 
+    f0_reason = ("" if summary["f0_rmse_hz"] is not None or not summary["files"]
+                 else " (no file has a frame voiced in both)" if f0
+                 else " (pitch not measured)")
     return (f"{summary['files']} compared, {failures} failed: mean log-mel "
             f"{metric('log_mel_distance', ' nats')} (worst "
             f"{metric('worst_log_mel_distance', ' nats')}), MCD {metric('mcd_db', ' dB', '.2f')}, "
-            f"F0 RMSE {metric('f0_rmse_hz', ' Hz', '.1f')}, voicing error "
+            f"F0 RMSE {metric('f0_rmse_hz', ' Hz', '.1f')}{f0_reason}, voicing error "
             f"{metric('voicing_error', '', '.1%')}, loudness "
             f"{metric('loudness_diff_db', ' dB', '+.2f')}")
 

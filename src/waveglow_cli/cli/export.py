@@ -13,7 +13,8 @@ from .common import (DownloadBar, JsonOption, OfflineOption, OverwriteOption, Qu
                      StepStatus, check_checkpoint, errors_to_exit, load_settings,
                      require_extra, stderr_console)
 
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint file or registry name.")]
+Checkpoint = Annotated[str, typer.Argument(metavar="CHECKPOINT",
+                                           help="Checkpoint file or registry name.")]
 Output = Annotated[str | None, typer.Option(
     "-o", "--output", help="The ONNX file to write. Default: <checkpoint stem>.onnx here.",
     show_default=False)]

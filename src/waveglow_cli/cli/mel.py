@@ -21,9 +21,9 @@ FORMATS = ("npy", "pt")
 
 
 def mel(
-    inputs: Annotated[list[str], typer.Argument( metavar="INPUT",
-        help="Audio files (WAV, FLAC, OGG, ...), folders of them, or - for stdin; with "
-             "--from, mel files (.npy/.pt) of that convention too.",
+    inputs: Annotated[list[str], typer.Argument(
+        metavar="INPUT", help="Audio files (WAV, FLAC, OGG, ...), folders of them, or - for "
+                              "stdin; with --from, mel files (.npy/.pt) of that convention too.",
         show_default=False)],
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Output file for one input, a folder for several, - for stdout. "
@@ -47,8 +47,9 @@ def mel(
     mel_layout: Annotated[str, typer.Option(
         help="With --from: auto, CT (n_mels, frames) or TC (frames, n_mels).")] = "auto",
 ) -> None:
-    """Compute Tacotron 2 mel spectrograms (float32, (n_mels, frames), natural log), or
-    convert another toolkit's mels to them (--from)."""
+    """Compute Tacotron 2 mel spectrograms, or convert another toolkit's mels (--from).
+
+    Each mel is float32, shaped (n_mels, frames), in natural log."""
     from ..audio_io import AUDIO_SUFFIXES, MEL_LAYOUTS, atomic_write, encode_mel
     from ..jobs import MEL_SUFFIXES, Item, JobProgress, OutputPolicy, discover, plan_outputs, \
         run_items, write_stream

@@ -58,8 +58,10 @@ def serve(
     graceful_timeout: GracefulTimeout = 30.0,
     max_body_memory_mb: MaxBodyMemoryMb = 256.0,
 ) -> None:
-    """Serve synthesis over HTTP: POST /v1/synthesize (a mel in, audio streamed out),
-    GET /health, /v1/models, /metrics. SIGTERM finishes the requests in flight, then exits 0."""
+    """Serve synthesis over HTTP (a mel in, audio streamed out).
+
+    POST /v1/synthesize; GET /health, /v1/models, /metrics. SIGTERM finishes the requests in
+    flight, then exits 0."""
     import signal
 
     settings = load_settings()
@@ -70,7 +72,7 @@ def serve(
             from ..serve.server import bind_socket, run_server, url_of
         except ImportError as e:
             raise UsageError(f"waveglow serve needs the serve extra ({e.name} is missing): "
-                             "pip install 'waveglow-cli[serve]'") from None
+                             "pip install 'waveglow-exact[serve]'") from None
         sock = bind_socket(host, port)  # a port in use fails before torch is imported
         from ..engine import pick_device, pick_dtype
         from ..serve.app import ServeOptions, create_app
@@ -93,9 +95,8 @@ def serve(
                                denoise=True, progress=DownloadBar(), engine=engine)
         exact_dtype = pick_dtype(precision, torch_device, 0.0)
         exact = None  # an ONNX export holds no weights: its precision is the file's
-        if exact_dtype != dtype and vocoder.checkpoint.state_dict:
-            exact = vocoder.with_engine(vocoder.checkpoint.engine(
-                torch_device, exact_dtype, engine, settings.compile_cache))
+        if exact_dtype != dtype and vocoder.has_weights:
+            exact = vocoder.with_precision(exact_dtype, engine, settings.compile_cache)
         app = create_app(vocoder, options, exact)
     line = f"serving {checkpoint} on {url_of(host, sock)}"
     # uvicorn re-raises SIGTERM for this handler once it has shut down gracefully: exit 0.

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from ..jobs import Item, OutputPolicy, SynthesisJob
     from ..settings import Settings
 
-Inputs = Annotated[list[str], typer.Argument( metavar="INPUT",
-    help="Mel files (.npy/.pt, natural log), audio files (copy synthesis), folders of them "
-         "(recursive), or - for stdin.", show_default=False)]
+Inputs = Annotated[list[str], typer.Argument(
+    metavar="INPUT", help="Mel files (.npy/.pt, natural log), audio files (copy synthesis), "
+                          "folders of them (recursive), or - for stdin.", show_default=False)]
 Output = Annotated[str | None, typer.Option(
     "-o", "--output", help="Output .wav/.flac for one input, a folder for several, - for stdout. "
                           "Default: <stem>.wav beside each input (<stem>.synth.wav for a "
@@ -55,7 +55,8 @@ MelStatsFile = Annotated[str | None, typer.Option(
     "--mel-stats", help="With --mel-from: undo mean-variance normalisation (ParallelWaveGAN "
                         "stats.h5, or a (2, n_mels) .npy of mean and scale).",
     show_default=False)]
-FailFast = Annotated[bool, typer.Option(help="Stop at the first failed input.")]
+FailFast = Annotated[bool, typer.Option(help="Stop at the first failed input.",
+                                        show_default=False)]
 Format = Annotated[str | None, typer.Option(
     "--format", help="Standard output's format: wav (streamed as it is made; the header holds "
                      "the exact length), raw (headerless little-endian PCM, streamed, for "
@@ -68,7 +69,7 @@ FirstPiece = Annotated[int | None, typer.Option(
     min=0, show_default=False)]
 Plot = Annotated[bool, typer.Option(
     "--plot", help="Also write <stem>.png (input mel and output waveform) beside each output; "
-                   "needs the [plot] extra.")]
+                   "needs the plot extra.")]
 
 
 def synth(
@@ -116,9 +117,10 @@ def synth(
                 mel_scale=mel_scale, mel_from=mel_from, mel_stats=mel_stats,
                 fail_fast=fail_fast, plot=plot, stdout_format=format or "wav",
                 first_piece=first_piece)
-        with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
-                          audio=True) as progress:
-            summary = job.run(items, outputs, progress)
+            status("reading the inputs")  # until the bar appears, with its total
+            with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
+                              audio=True, status=status) as progress:
+                summary = job.run(items, outputs, progress)
     end_of_job(summary, quiet)
     failed = all_ranks_sum(summary.failed, shard)
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)

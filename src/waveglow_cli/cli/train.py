@@ -44,11 +44,13 @@ def options_from_flags(params: dict[str, Any], explicit: frozenset[str]) -> Trai
 def train(
     ctx: typer.Context,
     data: Annotated[list[str] | None, typer.Argument(
+        metavar="DATA",
         help="Training audio: folders (searched recursively), audio files, or text file lists "
              "(one path per line; 'path|text' filelists work). Optional with --resume.",
         show_default=False)] = None,
     output: Annotated[Path, typer.Option(
-        "-o", "--output", help="Run folder: checkpoints, metrics.jsonl, run.json.",
+        "-o", "--output", metavar="RUN_DIR",
+        help="Run folder: checkpoints, metrics.jsonl, run.json.",
         show_default=False)] = ...,  # type: ignore[assignment]
     val: Annotated[str | None, typer.Option(
         help="Held-out data: a fraction of DATA (e.g. 0.05) or a folder/file list.")] = None,
@@ -90,7 +92,7 @@ def train(
                        "and mel settings come from it.")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue the run in -o from its latest checkpoint (same step, optimizer, data "
-             "order).")] = False,
+             "order).", show_default=False)] = False,
     n_channels: Annotated[int, typer.Option(help="WN channels (fresh model).")] = 256,
     n_layers: Annotated[int, typer.Option(help="WN layers per flow (fresh model).")] = 8,
     n_flows: Annotated[int, typer.Option(help="Flows (fresh model).")] = 12,
@@ -101,12 +103,13 @@ def train(
     sample_rate: Annotated[int, typer.Option(help="Sample rate (fresh model).")] = 22050,
     tensorboard: Annotated[bool, typer.Option(
         help="Also log the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs the "
-             "tensorboard package).")] = False,
+             "tensorboard package).", show_default=False)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line or notes.")
                      ] = False,
 ) -> None:
-    """Train WaveGlow by maximum likelihood, or fine-tune a checkpoint (--from); several
-    processes or GPUs with torchrun."""
+    """Train WaveGlow by maximum likelihood, or fine-tune a checkpoint (--from).
+
+    Several processes or GPUs: run it under torchrun."""
     from ..errors import TrainingInterrupted
     from ..training.loop import train as run_training
 

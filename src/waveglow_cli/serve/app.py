@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._version import package_version
 from ..synthesis import FIRST_PIECE_FRAMES, BatchOptions, SynthesisOptions, Synthesizer
 from .batcher import Batcher, BatcherOptions, Job
 from .body import BodyBudget, read_request
@@ -153,7 +154,7 @@ def create_app(vocoder: Vocoder, options: ServeOptions,
 
 def _model_description(state: ServerState) -> dict[str, object]:
     vocoder, config = state.vocoder, state.vocoder.config
-    return {"models": [{
+    return {"version": package_version(), "models": [{
         "name": state.options.name,
         "sample_rate": vocoder.sample_rate,
         "mel": dataclasses.asdict(vocoder.mel_config),

@@ -12,10 +12,13 @@ so a resumed run sees exactly the batches an uninterrupted run sees.
 from __future__ import annotations
 
 import functools
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +26,15 @@ import torch
 from ..audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio
 from ..errors import (AudioFileError, InputFileError, TrainingError, UsageError, WaveGlowError,
                       printable)
+from ..fileio import file_kind, open_checked, read_side_file
 from ..mel import MelConfig, mel_spectrogram
 from .options import TrainOptions
 
 MAX_SKIP_NOTES = 20  # skipped files named one by one; the rest are counted
+# A file list is read whole.  64 MiB holds about a million lines of a path and a transcript
+# (a Tacotron 2 filelist of LJSpeech is about 1.5 MB); anything larger is no file list.
+MAX_FILE_LIST_BYTES = 64 * 1024**2
+FILE_LIST_CAP_HINT = "split the list in several files, or give the folders of the audio"
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,18 @@ class AudioFile:
 def read_file_list(list_path: Path) -> list[Path]:
     """Paths from a list file: one per line; '#' comments and blank lines ignored; anything
     after a '|' dropped (Tacotron 2 filelists are ``path|transcript``).  Relative paths are
-    taken relative to the list's folder, else to the current folder."""
+    taken relative to the list's folder, else to the current folder.
+
+    The list is read through the bounded open every side file gets: a name leading to
+    ``/dev/zero``, a FIFO or a list beyond :data:`MAX_FILE_LIST_BYTES` is one line, never a
+    hang or a read until memory runs out."""
+    data = read_side_file(list_path, "training file list", MAX_FILE_LIST_BYTES,
+                          too_large=FILE_LIST_CAP_HINT)
     try:
-        text = list_path.read_text("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{list_path}: neither a folder, an audio file nor a text file list") \
             from None
-    except OSError as e:
-        raise UsageError(f"{list_path}: cannot read the file list ({e.strerror or e})") from None
     paths = []
     for line in text.splitlines():
         line = line.split("|", 1)[0].strip()
@@ -60,7 +72,10 @@ def read_file_list(list_path: Path) -> list[Path]:
 
 
 def collect_files(specs: Sequence[str]) -> list[Path]:
-    """Audio files from folders (recursive), single audio files and file lists, each once."""
+    """Audio files from folders (recursive), single audio files and file lists, each once.
+
+    A name that is there but is no folder is an audio file by its suffix (:func:`probe`
+    checks and skips it if it is no regular file), else a file list (read bounded)."""
     found: list[Path] = []
     for spec in specs:
         path = Path(spec).expanduser()
@@ -71,36 +86,50 @@ def collect_files(specs: Sequence[str]) -> list[Path]:
                 raise UsageError(f"{spec}: folder holds no audio files "
                                  f"({'/'.join(AUDIO_SUFFIXES)})")
             found += files
-        elif path.is_file():
-            found += [path] if path.suffix.lower() in AUDIO_SUFFIXES else read_file_list(path)
-        else:
+        elif not os.path.lexists(path):
             raise UsageError(f"{spec}: no such file or folder")
+        elif path.suffix.lower() in AUDIO_SUFFIXES:
+            found.append(path)
+        else:
+            found += read_file_list(path)
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(str(path.resolve()), path)
     return list(unique.values())
 
 
+def audio_header(path: Path) -> Any:
+    """soundfile's header of the audio file ``path`` (nothing decoded), or an
+    :class:`AudioFileError` naming it and why.  Opened once, checked by ``fstat`` of what was
+    opened (a regular, non-empty file) and parsed from that descriptor: a FIFO or a device
+    in the list, or a name swapped for one, is skipped, never waited on."""
+    import soundfile as sf
+
+    fd, st = open_checked(path, lambda reason: AudioFileError(path, reason))
+    problem = (f"is {file_kind(st.st_mode)}, not a regular file"
+               if not stat.S_ISREG(st.st_mode) else "file is empty" if st.st_size == 0 else "")
+    if problem:
+        os.close(fd)
+        raise AudioFileError(path, problem)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return sf.info(f)
+        except Exception:  # noqa: BLE001 - let read_audio name the reason
+            f.seek(0)
+            read_audio(f, str(path))
+            raise AudioFileError(path, "not a readable audio file") from None
+
+
 def probe(paths: Sequence[Path], mel_config: MelConfig, min_samples: int
           ) -> tuple[list[AudioFile], list[str], list[str]]:
     """(usable files, skip messages, other notes).  Reads headers only; a file that fails
     later, while training, is skipped then."""
-    import soundfile as sf
-
     usable, skipped = [], []
     resampled: dict[int, int] = {}
     multichannel = 0
     for path in paths:
         try:
-            if not path.is_file():
-                raise AudioFileError(path, "no such file")
-            if path.stat().st_size == 0:
-                raise AudioFileError(path, "file is empty")
-            try:
-                info = sf.info(str(path))
-            except Exception:  # noqa: BLE001 - let read_audio name the reason
-                read_audio(path)
-                raise AudioFileError(path, "not a readable audio file") from None
+            info = audio_header(path)
             if info.frames <= 0:
                 raise AudioFileError(path, "audio has zero samples")
             n = info.frames if info.samplerate == mel_config.sample_rate else int(

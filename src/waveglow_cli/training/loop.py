@@ -32,7 +32,8 @@ from .options import TrainOptions, merge_resumed
 from .report import Reporter
 from .rundir import (METRICS_FILE, RUN_FILE, TENSORBOARD_DIR, checkpoint_steps, model_path,
                      read_run_file, refuse_unusable_run_dir, run_record, save_checkpoint_set,
-                     seed_everything, set_rng_state, truncate_metrics, write_run_file)
+                     seed_everything, set_rng_state, state_path, truncate_metrics,
+                     write_run_file)
 from .setup import ModelStart, pick_amp, pick_training_device, start_model
 from .stop import StopRequests, ignore_interrupts
 
@@ -234,11 +235,9 @@ def _build_run(options: TrainOptions, shard: Shard, device: torch.device,
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    if start.state is not None:
-        optimizer.load_state_dict(start.state["optimizer"])  # the step loop sets the rate
-        if start.state.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(start.state["scaler"])
-        set_rng_state(start.state["rng"])
+    if start.state is not None and resume_step is not None:
+        _restore_states(start.state, optimizer, scaler,
+                        state_path(Path(options.run_dir), resume_step))
     net: torch.nn.Module = model
     if shard.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -249,6 +248,22 @@ def _build_run(options: TrainOptions, shard: Shard, device: torch.device,
     last_saved = model_path(run_dir, resume_step) if resume_step is not None else None
     return Run(options, shard, run_dir, device, amp_dtype, model, net, optimizer, scaler,
                start.mel_config, data, report, start.step, last_saved)
+
+
+def _restore_states(state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, state_file: Path) -> None:
+    """The optimizer, scaler and RNG states of a resumed run; a state that has the outline
+    of ours but not content that fits (damaged, or from another model) is one line naming
+    ``state_file``."""
+    try:
+        optimizer.load_state_dict(state["optimizer"])  # the step loop sets the rate
+        if state.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise TrainingError(f"{state_file}: does not fit the model being resumed ({reason})"
+                            ) from None
 
 
 def _open_run_files(run: Run, resume_step: int | None) -> None:

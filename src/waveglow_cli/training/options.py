@@ -114,7 +114,7 @@ class TrainOptions:
             problems.append(f"--precision {self.precision!r}: use auto, fp32, bf16 or fp16")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             problems.append("--tensorboard needs the tensorboard package: "
-                            "pip install 'waveglow-cli[tensorboard]'")
+                            "pip install 'waveglow-exact[tensorboard]'")
         if problems:
             raise UsageError("; ".join(problems))
 

@@ -4,10 +4,13 @@ metrics.jsonl records and (with --tensorboard) TensorBoard scalars; rank 0 only.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from ..errors import printable
+from ..errors import TrainingError, printable
+from ..fileio import describe_os_error, file_kind
 
 # metrics.jsonl key -> TensorBoard scalar tag
 TENSORBOARD_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr",
@@ -44,8 +47,25 @@ class Reporter:
             self.console.out(printable(text))
 
     def open_metrics(self, path: Path) -> None:
-        if self.enabled:
-            self.metrics_file = path.open("a", encoding="utf-8")
+        """Append to ``path``: never through a link planted under its name (O_NOFOLLOW), never
+        waiting for a reader of a FIFO (O_NONBLOCK), and only to a regular file, checked by
+        ``fstat`` of what was opened (a device would swallow the records)."""
+        if not self.enabled:
+            return
+        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as e:
+            raise TrainingError(f"{path}: cannot write metrics file ({describe_os_error(e)})"
+                                ) from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise TrainingError(f"{path}: cannot write metrics file (is {file_kind(mode)}, "
+                                "not a regular file)")
+        os.set_blocking(fd, True)
+        self.metrics_file = os.fdopen(fd, "a", encoding="utf-8")
 
     def open_tensorboard(self, log_dir: Path, resume_step: int | None) -> None:
         """Scalars under ``log_dir``; on resume, events after the checkpoint's step (logged

@@ -4,7 +4,7 @@
                                  [--precisions fp32 bf16] [--workdir DIR] [--json OUT.json]
 
 Without ``--checkpoint`` a full-size 256-channel model (80 mels, 12 flows, 8 layers, kernel 3)
-with random weights (``waveglow_cli.bench.random_model``: activations O(1), outputs bounded) is
+with random weights (``waveglow_cli.analysis.bench.random_model``: activations O(1), outputs bounded) is
 written as a plain state dict.  A synthetic 10 s log mel is written as ``.npy``.  Then, for
 each repeat, in turn (so a busy machine slows every contender alike):
 
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import baseline  # noqa: E402
 
-from waveglow_cli.quality import snr_db  # noqa: E402
+from waveglow_cli.analysis.quality import snr_db  # noqa: E402
 
 SEED = 1
 
@@ -80,9 +80,9 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="waveglow-compare-"))
     work.mkdir(parents=True, exist_ok=True)
-    from waveglow_cli.bench import random_model, synthetic_mel
-    from waveglow_cli.model import WaveGlowConfig
-    from waveglow_cli.synthesis import item_noise
+    from waveglow_cli.analysis.bench import random_model, synthetic_mel
+    from waveglow_cli.model.waveglow import WaveGlowConfig
+    from waveglow_cli.synthesis.noise import item_noise
 
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)

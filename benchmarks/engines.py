@@ -5,21 +5,21 @@
                                  [--only packed-fp32 onnxruntime ...] [--json OUT.json]
 
 Without ``--checkpoint``: NVIDIA's 256-channel layout with random weights
-(``waveglow_cli.bench.random_model``).  Each candidate gets the same mel and noise at sigma 0,
+(``waveglow_cli.analysis.bench.random_model``).  Each candidate gets the same mel and noise at sigma 0,
 one warm-up call on a short slice (the compile or export happens there and is reported apart),
 then ``--repeats`` timed calls of ``infer`` in this process, interleaved with the baseline so a
 busy machine slows all alike.  Candidates:
 
 * ``baseline``: ``benchmarks/baseline.py`` (glow.py's arithmetic, channels-first ``Conv1d``);
-* ``eager``: our :class:`~waveglow_cli.engine.EagerEngine` (the model itself);
-* ``packed-fp32`` / ``packed-fp32-mm``: :class:`~waveglow_cli.fastpath.FastWaveGlow` in float32
+* ``eager``: our :class:`~waveglow_cli.engines.base.EagerEngine` (the model itself);
+* ``packed-fp32`` / ``packed-fp32-mm``: :class:`~waveglow_cli.engines.packed.FastWaveGlow` in float32
   with oneDNN's fused products / with plain ``torch.mm``;
 * ``onednn-jit``: the baseline traced, frozen and ``torch.jit.optimize_for_inference``d (oneDNN
   prepacked convolutions);
 * ``inductor``: the baseline's ``infer`` under ``torch.compile`` (inductor's C++ backend; its
   cache in a temporary folder);
 * ``onnxruntime``: ``waveglow export`` of the model (made once, outside the timing), run by
-  :class:`~waveglow_cli.onnx_engine.OnnxEngine`;
+  :class:`~waveglow_cli.engines.onnx.OnnxEngine`;
 * ``packed-bf16``: the fast path in bfloat16 (sampling only; reported with its SNR);
 
 and the table gives seconds (median), the speed against the baseline, and the largest
@@ -44,12 +44,13 @@ sys.path.insert(0, str(HERE))
 import baseline  # noqa: E402
 from compare import cpu_model  # noqa: E402
 
-from waveglow_cli.bench import baseline_reference, random_model, synthetic_mel  # noqa: E402
-from waveglow_cli.checkpoint import Checkpoint  # noqa: E402
-from waveglow_cli.engine import EagerEngine, cpu_has_fast_bf16  # noqa: E402
-from waveglow_cli.fastpath import FastWaveGlow  # noqa: E402
-from waveglow_cli.model import WaveGlow  # noqa: E402
-from waveglow_cli.quality import snr_db  # noqa: E402
+from waveglow_cli.analysis.bench import baseline_reference, random_model, synthetic_mel  # noqa: E402
+from waveglow_cli.analysis.quality import snr_db  # noqa: E402
+from waveglow_cli.checkpoints.reader import Checkpoint  # noqa: E402
+from waveglow_cli.engines.base import EagerEngine  # noqa: E402
+from waveglow_cli.engines.devices import cpu_has_fast_bf16
+from waveglow_cli.engines.packed import FastWaveGlow  # noqa: E402
+from waveglow_cli.model.waveglow import WaveGlow  # noqa: E402
 
 Infer = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -91,9 +92,9 @@ def _inductor(model: WaveGlow, cache: Path) -> Infer:
 
 
 def _onnxruntime(model: WaveGlow, folder: Path) -> Infer:
-    from waveglow_cli.mel import MelConfig
-    from waveglow_cli.onnx_engine import OnnxEngine
-    from waveglow_cli.onnx_export import export_checkpoint
+    from waveglow_cli.engines.onnx import OnnxEngine
+    from waveglow_cli.features.mel import MelConfig
+    from waveglow_cli.jobs.export import export_checkpoint
 
     checkpoint = Checkpoint(model.config, {k: v.detach() for k, v in model.state_dict().items()})
     path = folder / "model.onnx"
@@ -137,7 +138,7 @@ def main() -> None:
     if args.checkpoint is None:
         model = random_model()
     else:
-        from waveglow_cli.checkpoint import read_checkpoint
+        from waveglow_cli.checkpoints.reader import read_checkpoint
 
         model = read_checkpoint(args.checkpoint).build_model()
     config = model.config

@@ -5,10 +5,18 @@ batch 1, the same noise, 5 timed calls of ``engine.infer`` after a warm-up (issu
     python benchmarks/onnx_bench.py [--t1] [--fast32] [--bf16]    # in that folder
 
 ``--t1``: one thread for every engine.  Results: docs/benchmarks.md."""
-import time, statistics, torch, numpy as np, onnxruntime, sys
-from waveglow_cli.vocoder import load_vocoder
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnxruntime
+import torch
+
+from waveglow_cli.engines.onnx import OnnxEngine
 from waveglow_cli.settings import Settings
-from waveglow_cli.onnx_engine import OnnxEngine
+from waveglow_cli.vocoder import load_vocoder
+
 s = Settings.from_env({"WAVEGLOW_OFFLINE": "1"})
 frames = int(np.ceil(10 * 22050 / 256))
 g = torch.Generator().manual_seed(0)
@@ -20,9 +28,9 @@ engines = {"torch fp32 (EagerEngine)": load_vocoder("demo", "cpu", precision="fp
            "onnxruntime fp32": OnnxEngine("demo.onnx", threads=1 if T1 else None),
            "onnxruntime fp16": OnnxEngine("demo16.onnx", threads=1 if T1 else None)}
 if "--fast32" in sys.argv:
-    from waveglow_cli.fastpath import FastWaveGlow
-    from waveglow_cli.checkpoint import read_checkpoint
-    from waveglow_cli.cache import ensure_checkpoint
+    from waveglow_cli.checkpoints.cache import ensure_checkpoint
+    from waveglow_cli.checkpoints.reader import read_checkpoint
+    from waveglow_cli.engines.packed import FastWaveGlow
     engines["torch fast path fp32 (FastWaveGlow)"] = FastWaveGlow(read_checkpoint(ensure_checkpoint("demo", s)).build_model(), torch.float32)
 if "--bf16" in sys.argv:
     engines["torch bf16 fast path (emulated here)"] = load_vocoder("demo", "cpu", precision="bf16", settings=s).engine

@@ -4,7 +4,7 @@
                                [--workdir DIR] [--quick] [--precision P] [--engine E]
                                [--threads N]
 
-Two models: NVIDIA's 256-channel layout with random weights (``waveglow_cli.bench.random_model``
+Two models: NVIDIA's 256-channel layout with random weights (``waveglow_cli.analysis.bench.random_model``
 saved as a plain state dict, as ``compare.py`` does) and the bundled ``demo``.  For each, in
 every repeat, in turn (so a busy machine slows every contender alike):
 
@@ -59,10 +59,9 @@ import baseline  # noqa: E402
 import serve_load  # noqa: E402
 from compare import cpu_model, timed  # noqa: E402
 
-from waveglow_cli.bench import (Reference, baseline_reference, random_model,  # noqa: E402
-                                synthetic_mel)
-from waveglow_cli.mel import MelConfig, mel_filterbank  # noqa: E402
-from waveglow_cli.model import WaveGlow  # noqa: E402
+from waveglow_cli.analysis.bench import Reference, baseline_reference, random_model, synthetic_mel
+from waveglow_cli.features.mel import MelConfig, mel_filterbank  # noqa: E402
+from waveglow_cli.model.waveglow import WaveGlow  # noqa: E402
 
 SEED = 1
 SIGMA = 0.6  # synth's and serve's default
@@ -124,8 +123,8 @@ def load_model(name: str, work: Path) -> Model:
             torch.save(model.state_dict(), checkpoint)
         return _as_model(name, str(checkpoint),
                          "random 256-channel NVIDIA layout (plain state dict)", model)
-    from waveglow_cli.cache import ensure_checkpoint
-    from waveglow_cli.checkpoint import read_checkpoint
+    from waveglow_cli.checkpoints.cache import ensure_checkpoint
+    from waveglow_cli.checkpoints.reader import read_checkpoint
     from waveglow_cli.settings import Settings
 
     path = ensure_checkpoint("demo", Settings.from_env({**os.environ, "WAVEGLOW_OFFLINE": "1"}))

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import struct
 import http.client
 import io
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile

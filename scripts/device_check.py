@@ -9,7 +9,7 @@ writes ``OUT/device_check.json`` with these sections (each has ``status`` ok/fai
 * ``environment``: machine, torch, CUDA, date, command;
 * ``install`` and ``tests``: what the shell script recorded (wheels installed or skipped; the
   test suite's result on the device);
-* ``bench``: ``waveglow bench``'s measurement (:func:`waveglow_cli.bench.run_bench`) of the
+* ``bench``: ``waveglow bench``'s measurement (:func:`waveglow_cli.analysis.bench.run_bench`) of the
   256-channel model, batch 16 x 10 s, at fp32/fp16/bf16 for each engine, with
   ``benchmarks/baseline.py`` (NVIDIA glow.py's arithmetic) timed in the same run on the same
   mels and noise;
@@ -45,11 +45,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from waveglow_cli.bench import (BenchOptions, baseline_reference,  # noqa: E402
-                                random_model, run_bench, synthetic_mel)
-from waveglow_cli.engine import engine_from_float32  # noqa: E402
-from waveglow_cli.checkpoint import read_checkpoint  # noqa: E402
-from waveglow_cli.model import WaveGlowConfig  # noqa: E402
+from waveglow_cli.analysis.bench import (
+    BenchOptions,
+    baseline_reference,
+    random_model,
+    run_bench,
+    synthetic_mel,
+)
+from waveglow_cli.checkpoints.reader import read_checkpoint  # noqa: E402
+from waveglow_cli.engines.select import engine_from_float32  # noqa: E402
+from waveglow_cli.model.waveglow import WaveGlowConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FULL = dict(config=WaveGlowConfig(), batch=16, seconds=10.0, repeats=3, folder_items=100,
@@ -97,7 +102,7 @@ def environment(args: argparse.Namespace) -> dict:
         record.update(device_name=props.name, device_memory_mib=props.total_memory / 2**20,
                       multiprocessors=props.multi_processor_count)
     else:
-        from waveglow_cli.bench import device_name
+        from waveglow_cli.analysis.bench import device_name
 
         record["device_name"] = device_name(device)
     return record
@@ -172,9 +177,10 @@ def folder_child(args: argparse.Namespace) -> None:
     """One end-to-end run of a folder, as ``waveglow synth DIR -o OUT`` runs it, with the
     engine asked for; one JSON line on stdout."""
     started = time.perf_counter()
-    from waveglow_cli.jobs import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
+    from waveglow_cli.jobs.core import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
     from waveglow_cli.settings import Settings
-    from waveglow_cli.synthesis import BatchOptions, SynthesisOptions
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
     from waveglow_cli.vocoder import load_vocoder
 
     settings = Settings(home=Path(args.home), registry_file=None, offline=True, mirror=None,
@@ -214,7 +220,7 @@ def folder(args: argparse.Namespace, size: dict, work: Path, cache: Path) -> dic
     """100 ten-second mels: the compiled engine cold (empty cache) and warm, in fresh
     processes, and ``waveglow synth`` as it is (eager), all end to end.  Runs first, so its
     cold run finds ``cache`` empty; the later sections reuse what it compiled."""
-    from waveglow_cli.checkpoint import save_checkpoint
+    from waveglow_cli.checkpoints.reader import save_checkpoint
 
     config = size["config"]
     checkpoint = save_checkpoint(work / "model.safetensors", random_model(config))
@@ -248,7 +254,8 @@ def folder(args: argparse.Namespace, size: dict, work: Path, cache: Path) -> dic
 def long_utterance(args: argparse.Namespace, size: dict, cache: Path) -> dict:
     """One long mel through synthesis (pieces with context, as synth runs it): wall time and
     peak memory per engine."""
-    from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
     config = size["config"]
     device = torch.device(args.device)
@@ -282,11 +289,12 @@ def long_utterance(args: argparse.Namespace, size: dict, cache: Path) -> dict:
 def snr_trained(args: argparse.Namespace, size: dict, cache: Path, home: Path) -> dict:
     """fp16/bf16 against fp32 with the same noise, on the trained demo weights: copy synthesis
     of the held-out clips (shortened in --short)."""
-    from waveglow_cli.audio_io import prepare_audio, read_audio
-    from waveglow_cli.mel import mel_spectrogram
-    from waveglow_cli.quality import snr_db
+    from waveglow_cli.analysis.quality import snr_db
+    from waveglow_cli.audio.io import prepare_audio, read_audio
+    from waveglow_cli.features.mel import mel_spectrogram
     from waveglow_cli.settings import Settings
-    from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
     from waveglow_cli.vocoder import load_vocoder
 
     settings = Settings(home=home, registry_file=None, offline=True, mirror=None, debug=True)

@@ -3,7 +3,7 @@
     python scripts/evaluate_demo.py CHECKPOINT CLIPS... [--sigma 0.6] [--seed 0] [--json OUT]
 
 For every clip: its Tacotron 2 mel, resynthesised by the checkpoint (`--precision fp32`), and
-the log-mel distance (`waveglow_cli.quality.log_mel_distance`, mean |ln mel difference|)
+the log-mel distance (`waveglow_cli.analysis.quality.log_mel_distance`, mean |ln mel difference|)
 between the clip and the result.  Two references put the number in context:
 
 * Griffin-Lim: the same mel inverted by librosa (slaney mel pseudo-inverse, 60 iterations);
@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waveglow_cli.audio_io import prepare_audio, read_audio
-from waveglow_cli.mel import mel_spectrogram
-from waveglow_cli.quality import NATS_TO_DB, log_mel_distance, snr_db
+from waveglow_cli.analysis.quality import NATS_TO_DB, log_mel_distance, snr_db
+from waveglow_cli.audio.io import prepare_audio, read_audio
+from waveglow_cli.features.mel import mel_spectrogram
 from waveglow_cli.settings import Settings
-from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 from waveglow_cli.vocoder import load_vocoder
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from waveglow_cli.checkpoint import read_checkpoint, save_checkpoint
-from waveglow_cli.download import sha256_file
+from waveglow_cli.checkpoints.download import sha256_file
+from waveglow_cli.checkpoints.reader import read_checkpoint, save_checkpoint
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "waveglow_cli" / "models" / "demo.safetensors"
 

@@ -5,7 +5,7 @@ start/end/in_layers/cond_layer(s)/res_skip_layers or res_layers+skip_layers, con
 upsample), so pickling it under the module names ``glow`` / ``glow_old`` produces files shaped
 like NVIDIA's ``train.py`` checkpoints, in all three WN layouts.  Its arithmetic is written in
 the reference's plain style (unfold/permute/view, per-flow loops) and independently of
-``waveglow_cli.model``, so agreement between the two is evidence, not a tautology.
+``waveglow_cli.model.waveglow``, so agreement between the two is evidence, not a tautology.
 
 Noise: instead of drawing from CUDA as the reference does, ``infer`` calls ``draw(shape)``.
 """

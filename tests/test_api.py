@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY
 
 
@@ -40,8 +39,8 @@ def test_one_loader_engine_settings_and_the_fast_path(tiny_checkpoint, vocoder, 
     from the environment), the engine chosen once; scoring a bf16 CPU vocoder (whose fast path
     holds no module) uses a float32 model, so it equals the float32 score."""
     from waveglow_cli import load_vocoder
-    from waveglow_cli.engine import EagerEngine
-    from waveglow_cli.fastpath import FastWaveGlow
+    from waveglow_cli.engines.base import EagerEngine
+    from waveglow_cli.engines.packed import FastWaveGlow
     from waveglow_cli.settings import Settings
 
     settings = Settings.from_env({"WAVEGLOW_HOME": str(tmp_path), "WAVEGLOW_OFFLINE": "1"})

@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import TINY, run_cli
-from waveglow_cli.checkpoint import read_checkpoint
-from waveglow_cli.synthesis import (BatchOptions, Piece, SynthesisOptions, Synthesizer,
-                                    context_margin, plan_batches, plan_pieces)
+
+from waveglow_cli.checkpoints.reader import read_checkpoint
+from waveglow_cli.synthesis.plans import (
+    BatchOptions,
+    Piece,
+    context_margin,
+    plan_batches,
+    plan_pieces,
+)
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
 N_MELS = TINY["n_mel_channels"]
 LENGTHS = [3, 17, 9, 40, 1, 25, 12, 33, 7, 4]
@@ -100,7 +106,7 @@ def test_chunked_long_item_equals_whole_item(tiny_checkpoint):
 
 
 def test_margin_covers_the_receptive_field_of_the_published_model():
-    from waveglow_cli.model import WaveGlowConfig
+    from waveglow_cli.model.waveglow import WaveGlowConfig
 
     # 12 flows x 255 steps x 8 samples + the 1024-sample upsampler kernel, in 256-sample frames
     assert context_margin(WaveGlowConfig()) == math.ceil((12 * 255 * 8 + 1024) / 256) == 100

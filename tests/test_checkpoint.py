@@ -8,11 +8,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
-
 import reference_glow as R
+import torch
 from conftest import TINY, clone_module, save_nvidia_pickle, state_dict_of
-from waveglow_cli.checkpoint import read_checkpoint, save_checkpoint
+
+from waveglow_cli.checkpoints.reader import read_checkpoint, save_checkpoint
 from waveglow_cli.errors import CheckpointError, UnsafePickleError
 
 

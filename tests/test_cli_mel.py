@@ -13,7 +13,6 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-
 from conftest import TINY, run_cli
 
 SR = 22050
@@ -144,7 +143,7 @@ def test_shell_pipeline_mel_into_synth_equals_reference(tmp_path, tiny_checkpoin
     assert r.returncode == 0, r.stderr.decode()
     audio, rate = sf.read(tmp_path / "b.wav", dtype="float32")
     assert rate == SR
-    from waveglow_cli.mel import MelConfig, mel_spectrogram
+    from waveglow_cli.features.mel import MelConfig, mel_spectrogram
 
     mel = mel_spectrogram(torch.from_numpy(x), MelConfig(n_mels=TINY["n_mel_channels"]))
     with torch.no_grad():

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import soundfile as sf
 import torch
-
 from conftest import TINY, run_cli
 
 
 def test_score_json_matches_the_reference_loss(tmp_path, tiny_checkpoint, tiny_reference):
-    from waveglow_cli.mel import MelConfig, mel_spectrogram
+    from waveglow_cli.features.mel import MelConfig, mel_spectrogram
 
     rng = np.random.default_rng(3)
     clean = (0.2 * np.sin(2 * np.pi * 220 * np.arange(6000) / 22050)).astype(np.float32)

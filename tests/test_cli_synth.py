@@ -7,11 +7,10 @@ import os
 
 import numpy as np
 import pytest
+import reference_glow as R
 import soundfile as sf
 import torch
-
 from conftest import TINY, run_cli, save_nvidia_pickle
-import reference_glow as R
 
 N_MELS = TINY["n_mel_channels"]
 
@@ -223,7 +222,7 @@ def test_denoiser_removes_the_bias_spectrum(tmp_path, tiny_checkpoint, mel_file)
     (first frame of the zero-mel output), clamped, inverted with the original phase."""
     import librosa
 
-    from waveglow_cli.checkpoint import read_checkpoint
+    from waveglow_cli.checkpoints.reader import read_checkpoint
 
     path, mel = mel_file
     outs = {}

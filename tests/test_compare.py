@@ -59,7 +59,7 @@ def test_speech_against_noise_is_far(noise):
 def test_metrics_of_known_changes():
     """Half the amplitude: -6.02 dB and ln 2 in the log mel, but the same spectral shape (MCD
     leaves out c0); a pitch a semitone off: its F0 difference."""
-    from waveglow_cli.comparison import compare_signals
+    from waveglow_cli.analysis.compare import compare_signals
 
     audio, _ = sf.read(SPEECH[2], dtype="float32")
     half = compare_signals(audio, audio * 0.5, f0=False)

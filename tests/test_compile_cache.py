@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from waveglow_cli.bench import random_model
-from waveglow_cli.checkpoint import save_checkpoint
-from waveglow_cli.engine import engine_from_float32
+from waveglow_cli.analysis.bench import random_model
+from waveglow_cli.checkpoints.reader import save_checkpoint
+from waveglow_cli.engines.gpu import check_compile_cache, prepare_compile_cache
+from waveglow_cli.engines.select import engine_from_float32
 from waveglow_cli.errors import UsageError
-from waveglow_cli.gpu_engine import check_compile_cache, prepare_compile_cache
-from waveglow_cli.model import WaveGlowConfig
+from waveglow_cli.model.waveglow import WaveGlowConfig
 from waveglow_cli.settings import Settings, compile_cache_environment
 
 # The smallest model test_gpu_engine compiles: the compile is the cost, not the model.

@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+from test_jobs import KeepAudio
 from typer.testing import CliRunner
 
-from test_jobs import KeepAudio
 from waveglow_cli.cli import app
 
 SPEECH = sorted((Path(__file__).parent / "data" / "heldout_speech").glob("*.flac"))
@@ -102,7 +102,7 @@ def coqui_mel(path: Path) -> np.ndarray:
 
 
 def tacotron2_mel(path: Path) -> np.ndarray:
-    from waveglow_cli.mel import mel_spectrogram
+    from waveglow_cli.features.mel import mel_spectrogram
 
     return mel_spectrogram(speech(path, 22050))[0].numpy()
 
@@ -126,7 +126,7 @@ def distance(converted: np.ndarray, reference: np.ndarray) -> float:
 
 
 def test_the_presets_are_the_ones_the_issue_names():
-    from waveglow_cli.conventions import PRESETS, resolve_convention
+    from waveglow_cli.features.conventions import PRESETS, resolve_convention
 
     assert set(PRESETS) == set(EXTRACTORS)
     assert resolve_convention("bigvgan") == PRESETS["bigvgan-24k"]
@@ -135,9 +135,9 @@ def test_the_presets_are_the_ones_the_issue_names():
 
 @pytest.mark.parametrize("preset", sorted(EXTRACTORS))
 def test_every_preset_converts_speech_close_to_our_mel(preset, ours):
-    from waveglow_cli.conventions import PRESETS
-    from waveglow_cli.melconvert import MelConverter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.conventions import PRESETS
+    from waveglow_cli.features.mel import MelConfig
+    from waveglow_cli.features.melconvert import MelConverter
 
     converter = MelConverter(PRESETS[preset], MelConfig())
     for path in SPEECH:
@@ -155,9 +155,9 @@ def test_every_preset_converts_speech_close_to_our_mel(preset, ours):
 
 
 def test_uncovered_bands_are_filled_and_said(ours):
-    from waveglow_cli.conventions import PRESETS
-    from waveglow_cli.melconvert import MelConverter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.conventions import PRESETS
+    from waveglow_cli.features.mel import MelConfig
+    from waveglow_cli.features.melconvert import MelConverter
 
     pwg = MelConverter(PRESETS["pwg"], MelConfig())
     (note,) = pwg.notes()
@@ -169,8 +169,8 @@ def test_uncovered_bands_are_filled_and_said(ours):
 
 
 def test_a_toml_convention_round_trips_and_converts_like_the_preset(tmp_path, ours):
-    from waveglow_cli.conventions import PRESETS, convention_from_toml, resolve_convention
-    from waveglow_cli.melconvert import convert_mel
+    from waveglow_cli.features.conventions import PRESETS, convention_from_toml, resolve_convention
+    from waveglow_cli.features.melconvert import convert_mel
 
     for name, preset in PRESETS.items():
         assert convention_from_toml(f"{name}.toml", preset.to_toml()) == preset
@@ -193,7 +193,7 @@ def test_a_custom_44khz_power_mel_converts_too(tmp_path, ours):
     time resampling keep it within the presets' bound (measured 0.09-0.13 nats)."""
     import librosa
 
-    from waveglow_cli.melconvert import convert_mel
+    from waveglow_cli.features.melconvert import convert_mel
 
     path = tmp_path / "44k.toml"
     path.write_text('sample_rate = 44100\nn_fft = 2048\nhop_length = 512\nwin_length = 2048\n'
@@ -208,9 +208,9 @@ def test_a_custom_44khz_power_mel_converts_too(tmp_path, ours):
 
 
 def test_mean_variance_statistics_are_undone(tmp_path):
-    from waveglow_cli.conventions import load_mel_stats
-    from waveglow_cli.inputs import mel_converter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.conventions import load_mel_stats
+    from waveglow_cli.features.inputs import mel_converter
+    from waveglow_cli.features.mel import MelConfig
 
     raw = pwg_mel(SPEECH[2])
     mean, scale = raw.mean(axis=1), raw.std(axis=1) + 0.1
@@ -228,7 +228,7 @@ def test_mean_variance_statistics_are_undone(tmp_path):
 
 def test_conversion_is_vectorised_and_fast():
     """A minute of vocos mel converts in well under the time WaveGlow takes to vocode it."""
-    from waveglow_cli.melconvert import convert_mel
+    from waveglow_cli.features.melconvert import convert_mel
 
     source = np.tile(vocos_mel(SPEECH[0]), (1, 24))  # ~60 s
     convert_mel(source[:, :100], "vocos")  # filterbanks built once
@@ -249,8 +249,8 @@ def test_conversion_is_vectorised_and_fast():
     ('sample_rate = = 1\n', "not valid TOML"),
 ])
 def test_a_bad_toml_convention_is_one_line_naming_the_file(tmp_path, text, expected):
-    from waveglow_cli.conventions import resolve_convention
     from waveglow_cli.errors import UsageError
+    from waveglow_cli.features.conventions import resolve_convention
 
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -261,10 +261,10 @@ def test_a_bad_toml_convention_is_one_line_naming_the_file(tmp_path, text, expec
 
 
 def test_other_misuse_is_a_clear_error(tmp_path):
-    from waveglow_cli.conventions import PRESETS, load_mel_stats, resolve_convention
     from waveglow_cli.errors import MelFileError, UsageError
-    from waveglow_cli.melconvert import MelConverter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.conventions import PRESETS, load_mel_stats, resolve_convention
+    from waveglow_cli.features.mel import MelConfig
+    from waveglow_cli.features.melconvert import MelConverter
 
     with pytest.raises(UsageError, match="unknown mel convention 'hifi'.*vocos"):
         resolve_convention("hifi")
@@ -285,8 +285,8 @@ def test_other_misuse_is_a_clear_error(tmp_path):
 
 
 def test_a_linear_or_foreign_mel_gets_a_note():
-    from waveglow_cli.inputs import mel_converter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.inputs import mel_converter
+    from waveglow_cli.features.mel import MelConfig
 
     converter = mel_converter("pwg", MelConfig())
     mel = pwg_mel(SPEECH[0])
@@ -360,10 +360,10 @@ def short_clip(tmp_path: Path, seconds: float = 0.5) -> Path:
 def test_a_synthesis_job_vocodes_a_vocos_mel(demo, tmp_path):
     """SynthesisInputReader(convention=...) reads the 100-band mel, converts it, and the job
     vocodes it like our own mel of the same audio."""
-    from waveglow_cli.inputs import SynthesisInputReader, mel_converter
-    from waveglow_cli.jobs import Item, SynthesisJob
-    from waveglow_cli.quality import log_mel_distance
-    from waveglow_cli.synthesis import SynthesisOptions
+    from waveglow_cli.analysis.quality import log_mel_distance
+    from waveglow_cli.features.inputs import SynthesisInputReader, mel_converter
+    from waveglow_cli.jobs.core import Item, SynthesisJob
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     clip = short_clip(tmp_path)
     np.save(tmp_path / "v.npy", vocos_mel(clip).astype(np.float32))
@@ -401,8 +401,8 @@ def test_waveglow_synth_mel_from_vocos(tmp_path):
     code, err = run("synth", str(tmp_path / "v.npy"), "-c", "demo", "--mel-from", "vocos",
                     "-o", str(tmp_path / "v.wav"), "--seed", "0", "-q")
     assert code == 0, err
-    from waveglow_cli.inputs import mel_converter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.inputs import mel_converter
+    from waveglow_cli.features.mel import MelConfig
 
     audio, rate = sf.read(tmp_path / "v.wav")
     frames = mel_converter("vocos", MelConfig()).frames_for(np.load(tmp_path / "v.npy").shape[1])

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-
 from conftest import run_cli
-from waveglow_cli.mel import mel_spectrogram
-from waveglow_cli.quality import log_mel_distance, snr_db
+
+from waveglow_cli.analysis.quality import log_mel_distance, snr_db
+from waveglow_cli.features.mel import mel_spectrogram
 from waveglow_cli.settings import Settings
-from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 from waveglow_cli.vocoder import load_vocoder
 
 HELD_OUT = sorted((Path(__file__).parent / "data" / "heldout_speech").glob("*.flac"))

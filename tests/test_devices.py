@@ -10,9 +10,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
-
 import reference_glow as R
+import torch
 from conftest import TINY
 from test_model import ours_from_reference, reference_draws
 
@@ -57,13 +56,14 @@ def test_masked_batch_equals_items_alone(reference_models, device):
 def test_chunked_and_batched_synthesis_equals_the_cpu(tiny_checkpoint, device):
     """The Synthesizer (noise by position, pieces with margins, masked batches, streaming
     plan) on ``device`` against the CPU's whole-item synthesis."""
-    from waveglow_cli.checkpoint import read_checkpoint
-    from waveglow_cli.synthesis import (BatchOptions, SynthesisOptions, Synthesizer,
-                                        context_margin)
+    from waveglow_cli.checkpoints.reader import read_checkpoint
+    from waveglow_cli.engines.select import select_engine
+    from waveglow_cli.synthesis.plans import BatchOptions, context_margin
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
     checkpoint = read_checkpoint(tiny_checkpoint)
-    cpu = checkpoint.engine("cpu", torch.float32)
-    here = checkpoint.engine(device, torch.float32)
+    cpu = select_engine(checkpoint, "cpu", torch.float32)
+    here = select_engine(checkpoint, device, torch.float32)
     rng = np.random.default_rng(13)
     items = [(f"{n}.npy", rng.standard_normal((TINY["n_mel_channels"], n)).astype(np.float32))
              for n in (150, 37, 90)]
@@ -78,18 +78,19 @@ def test_chunked_and_batched_synthesis_equals_the_cpu(tiny_checkpoint, device):
 
 
 def test_denoiser_on_the_device_equals_the_cpu(tiny_checkpoint, device):
-    from waveglow_cli.checkpoint import read_checkpoint
-    from waveglow_cli.denoiser import Denoiser
+    from waveglow_cli.checkpoints.reader import read_checkpoint
+    from waveglow_cli.engines.select import select_engine
+    from waveglow_cli.synthesis.denoiser import Denoiser
 
     checkpoint = read_checkpoint(tiny_checkpoint)
-    cpu = Denoiser.for_engine(checkpoint.engine("cpu", torch.float32))
-    here = Denoiser.for_engine(checkpoint.engine(device, torch.float32))
+    cpu = Denoiser.for_engine(select_engine(checkpoint, "cpu", torch.float32))
+    here = Denoiser.for_engine(select_engine(checkpoint, device, torch.float32))
     audio = 0.3 * torch.randn(1, 9000, generator=torch.Generator().manual_seed(3))
     _close(here(audio.to(device), 0.1), cpu(audio, 0.1))
 
 
 def test_mel_on_the_device_equals_the_cpu(device):
-    from waveglow_cli.mel import mel_spectrogram
+    from waveglow_cli.features.mel import mel_spectrogram
 
     audio = 0.5 * torch.randn(2, 22050, generator=torch.Generator().manual_seed(5))
     _close(mel_spectrogram(audio.to(device)), mel_spectrogram(audio), tol=1e-4)
@@ -99,7 +100,7 @@ def test_likelihood_on_the_device_is_nvidias_loss_plus_the_gaussian_constant(
         tiny_checkpoint, tiny_reference, device):
     """``Vocoder.score`` against the reference written out: forward, then WaveGlowLoss."""
     from waveglow_cli import load_vocoder
-    from waveglow_cli.mel import MelConfig, mel_spectrogram
+    from waveglow_cli.features.mel import MelConfig, mel_spectrogram
 
     vocoder = load_vocoder(str(tiny_checkpoint), device)
     audio = 0.1 * torch.randn(5000, generator=torch.Generator().manual_seed(1))
@@ -118,7 +119,7 @@ def test_likelihood_on_the_device_is_nvidias_loss_plus_the_gaussian_constant(
 
 def test_a_training_step_on_the_device_equals_the_cpu(reference_models, device):
     """Loss and gradients of one step (the training objective) on ``device`` and the CPU."""
-    from waveglow_cli.model import waveglow_loss
+    from waveglow_cli.model.waveglow import waveglow_loss
 
     results = []
     for where in (torch.device("cpu"), device):

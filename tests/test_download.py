@@ -22,15 +22,25 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-
 from conftest import TINY, run_cli
-from waveglow_cli import checkpoint as checkpoint_module
-from waveglow_cli.cache import cache_paths, cached_file, fetch_checkpoint, read_metadata
-from waveglow_cli.download import RetryPolicy, confirmation_request, download
-from waveglow_cli.errors import (CheckpointError, CheckpointNotAvailableError,
-                                 ChecksumMismatchError, DownloadError, UnknownCheckpointError)
-from waveglow_cli.cache import ensure_checkpoint
-from waveglow_cli.registry import Registry
+
+from waveglow_cli.checkpoints import reader as checkpoint_module
+from waveglow_cli.checkpoints.cache import (
+    cache_paths,
+    cached_file,
+    ensure_checkpoint,
+    fetch_checkpoint,
+    read_metadata,
+)
+from waveglow_cli.checkpoints.download import RetryPolicy, confirmation_request, download
+from waveglow_cli.checkpoints.registry import Registry
+from waveglow_cli.errors import (
+    CheckpointError,
+    CheckpointNotAvailableError,
+    ChecksumMismatchError,
+    DownloadError,
+    UnknownCheckpointError,
+)
 from waveglow_cli.settings import Settings
 
 FAST = RetryPolicy(connect_timeout=2.0, read_timeout=0.5, retries=3, backoff=0.01,

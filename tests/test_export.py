@@ -17,22 +17,28 @@ import torch
 pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
-
 import reference_glow as R  # noqa: E402
 from conftest import TINY, run_cli, save_nvidia_pickle  # noqa: E402
-from waveglow_cli.checkpoint import Checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
-from waveglow_cli.download import sha256_file  # noqa: E402
-from waveglow_cli.engine import EagerEngine, Engine  # noqa: E402
+
+from waveglow_cli.checkpoints.download import sha256_file  # noqa: E402
+from waveglow_cli.checkpoints.reader import Checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
+from waveglow_cli.engines.base import EagerEngine, Engine  # noqa: E402
+from waveglow_cli.engines.onnx import OnnxEngine, is_onnx_file  # noqa: E402
+from waveglow_cli.engines.select import select_engine
 from waveglow_cli.errors import CheckpointError, OutputExistsError  # noqa: E402
-from waveglow_cli.mel import MelConfig  # noqa: E402
-from waveglow_cli.model import WaveGlow, WaveGlowConfig  # noqa: E402
-from waveglow_cli import onnx_export  # noqa: E402
-from waveglow_cli.onnx_engine import OnnxEngine, is_onnx_file  # noqa: E402
-from waveglow_cli.onnx_export import (ExportOptions, export_checkpoint, export_onnx,  # noqa: E402
-                                      load_onnx_vocoder, polyphase_upsampler)
+from waveglow_cli.features.mel import MelConfig  # noqa: E402
+from waveglow_cli.jobs import export as onnx_export  # noqa: E402
+from waveglow_cli.jobs.export import (
+    ExportOptions,
+    export_checkpoint,
+    export_onnx,
+    load_onnx_vocoder,
+    polyphase_upsampler,
+)
+from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig  # noqa: E402
 from waveglow_cli.settings import Settings  # noqa: E402
-from waveglow_cli.synthesis import (BatchOptions, SynthesisOptions, Synthesizer,  # noqa: E402
-                                    synthesize)
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer, synthesize
 from waveglow_cli.vocoder import load_vocoder  # noqa: E402
 
 N_MELS = TINY["n_mel_channels"]
@@ -169,7 +175,7 @@ def test_every_layout_exports_and_equals_the_torch_engine(tmp_path, reference_mo
         out = tmp_path / f"{name}.onnx"
         report = export_onnx(str(source), out, settings=offline(tmp_path))
         assert report.verification.max_abs_diff <= 1e-4, name
-        torch_engine = read_checkpoint(source).engine("cpu", torch.float32)
+        torch_engine = select_engine(read_checkpoint(source), "cpu", torch.float32)
         onnx_engine = OnnxEngine(out)
         assert isinstance(onnx_engine, Engine)
         for sigma in (0.0, 0.6):
@@ -214,7 +220,7 @@ def test_fp16_with_a_fixed_batch(tmp_path, tiny_checkpoint):
     items = [(f"u{i}", random_mel(30 + i, frames)) for i, frames in enumerate((11, 5, 8))]
     options = SynthesisOptions(sigma=0.6, seed=4)
     together = dict(Synthesizer(engine, options, BatchOptions(batch_size=3)).run(items))
-    torch_engine = read_checkpoint(tiny_checkpoint).engine("cpu", torch.float32)
+    torch_engine = select_engine(read_checkpoint(tiny_checkpoint), "cpu", torch.float32)
     for key, mel in items:
         alone = synthesize(engine, mel, options, key=key)
         assert np.abs(together[key] - alone).max() <= 1e-4

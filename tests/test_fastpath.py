@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from conftest import run_cli
-from waveglow_cli.bench import random_model, synthetic_mel
-from waveglow_cli.checkpoint import Checkpoint
-from waveglow_cli.engine import EagerEngine, Engine, as_engine
-from waveglow_cli.fastpath import FastWaveGlow
-from waveglow_cli.quality import snr_db
-from waveglow_cli.model import WaveGlowConfig
-from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer, synthesize
+
+from waveglow_cli.analysis.bench import random_model, synthetic_mel
+from waveglow_cli.analysis.quality import snr_db
+from waveglow_cli.checkpoints.reader import Checkpoint
+from waveglow_cli.engines.base import EagerEngine, Engine
+from waveglow_cli.engines.packed import FastWaveGlow
+from waveglow_cli.engines.select import as_engine, select_engine
+from waveglow_cli.model.waveglow import WaveGlowConfig
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer, synthesize
 
 TINY = WaveGlowConfig(n_mel_channels=6, n_flows=8, n_group=8, n_early_every=4, n_early_size=2,
                       n_layers=4, n_channels=16)
@@ -44,7 +46,7 @@ def inputs():
 
 
 def _onednn_ok(flag: bool, dtype: torch.dtype) -> None:
-    from waveglow_cli.fastpath import onednn_available
+    from waveglow_cli.engines.packed import onednn_available
 
     if flag and not onednn_available(dtype):
         pytest.skip("oneDNN fused linear not available in this torch build")
@@ -120,13 +122,13 @@ def test_checkpoint_engine_is_the_fast_path_for_bf16_on_cpu(model, inputs):
     its float32 weights (float32 1x1 inverses); synthesis with it is close to float32 synthesis,
     batched or not."""
     checkpoint = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()})
-    fast = checkpoint.engine("cpu", torch.bfloat16)
+    fast = select_engine(checkpoint, "cpu", torch.bfloat16)
     assert isinstance(fast, FastWaveGlow) and isinstance(fast, Engine)
     assert fast.device == torch.device("cpu") and fast.dtype == torch.bfloat16
     assert fast.flows[0].inverse_t.dtype == torch.float32
-    exact = checkpoint.engine("cpu", torch.float32)  # float32: the fast path's layout too
+    exact = select_engine(checkpoint, "cpu", torch.float32)  # float32: the fast path's layout too
     assert isinstance(exact, FastWaveGlow) and exact.dtype == torch.float32
-    assert isinstance(checkpoint.engine("cpu", torch.float32, "eager"), EagerEngine)
+    assert isinstance(select_engine(checkpoint, "cpu", torch.float32, "eager"), EagerEngine)
     mel, _, lengths = inputs
     items = [(f"m{b}", mel[b, :, :f].numpy()) for b, f in enumerate(lengths.tolist())]
     options = SynthesisOptions(sigma=0.6, seed=4)
@@ -152,7 +154,7 @@ def test_an_engine_folded_after_a_weight_change_has_the_new_weights(model):
     mel = torch.from_numpy(synthetic_mel(TINY.n_mel_channels, 12))
     with torch.inference_mode():
         expected = torch.from_numpy(other.infer(mel[None], 0.0)[0].numpy())
-    for engine in (bf16, Checkpoint(TINY, other.state_dict()).engine("cpu", torch.bfloat16)):
+    for engine in (bf16, select_engine(Checkpoint(TINY, other.state_dict()), "cpu", torch.bfloat16)):
         audio = synthesize(engine, mel, SynthesisOptions(sigma=0.0))
         assert snr_db(expected, torch.from_numpy(audio)) >= 30
     stale = synthesize(first, mel, SynthesisOptions(sigma=0.0))
@@ -215,7 +217,7 @@ def test_synthetic_mel_range():
 def test_auto_precision_policy_of_synth(tiny_checkpoint, tmp_path):
     """`--precision auto`: float32 at sigma 0 (the mode compared with the reference: identical
     files), the bf16 fast path when sampling on a CPU with native bf16, float32 elsewhere."""
-    from waveglow_cli.engine import cpu_has_fast_bf16
+    from waveglow_cli.engines.devices import cpu_has_fast_bf16
 
     mel = tmp_path / "m.npy"
     np.save(mel, synthetic_mel(4, 40, seed=1))
@@ -236,7 +238,7 @@ def test_auto_precision_policy_of_synth(tiny_checkpoint, tmp_path):
 
 
 def test_pick_dtype_auto():
-    from waveglow_cli.engine import cpu_has_fast_bf16, pick_dtype
+    from waveglow_cli.engines.devices import cpu_has_fast_bf16, pick_dtype
 
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu, sigma=0.0) == torch.float32

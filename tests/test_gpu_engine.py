@@ -9,18 +9,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-
 import reference_glow as R
+import torch
 from conftest import available_devices, run_cli
-from waveglow_cli.bench import random_model, synthetic_mel
-from waveglow_cli.checkpoint import infer_config, normalize_state_dict
-from waveglow_cli.engine import ENGINE_KINDS, EagerEngine, Engine, engine_from_float32
-from waveglow_cli.fastpath import FastWaveGlow
-from waveglow_cli.gpu_engine import GpuEngine, bucket_rows
-from waveglow_cli.model import WaveGlow, WaveGlowConfig
-from waveglow_cli.quality import snr_db
-from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+
+from waveglow_cli.analysis.bench import random_model, synthetic_mel
+from waveglow_cli.analysis.quality import snr_db
+from waveglow_cli.checkpoints.reader import infer_config, normalize_state_dict
+from waveglow_cli.engines.base import EagerEngine, Engine
+from waveglow_cli.engines.gpu import GpuEngine, bucket_rows
+from waveglow_cli.engines.packed import FastWaveGlow
+from waveglow_cli.engines.select import ENGINE_KINDS, engine_from_float32
+from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = WaveGlowConfig(n_mel_channels=6, n_flows=8, n_group=8, n_early_every=4, n_early_size=2,

@@ -101,7 +101,7 @@ def test_compare_says_why_there_is_no_f0_rmse(tmp_path, env):
 
 
 def test_f0_reason_when_both_are_voiced_but_never_at_once():
-    from waveglow_cli.comparison import PairResult
+    from waveglow_cli.analysis.compare import PairResult
 
     row = PairResult("k", "r.wav", "g.wav", 1.0, 0.0, 1.0, 1.0, None, 0.5, 0.0,
                      pitch_frames=80, reference_voiced_frames=30, generated_voiced_frames=20)
@@ -113,8 +113,8 @@ def test_f0_reason_when_both_are_voiced_but_never_at_once():
 
 def test_info_says_when_a_model_has_no_early_outputs(tmp_path, env):
     """issue 28: four flows with an early output every four leave none."""
-    from waveglow_cli.checkpoint import save_checkpoint
-    from waveglow_cli.model import WaveGlow, WaveGlowConfig
+    from waveglow_cli.checkpoints.reader import save_checkpoint
+    from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig
 
     small = dict(n_mel_channels=4, n_group=8, n_layers=2, n_channels=8, n_early_every=4)
     save_checkpoint(tmp_path / "none.safetensors", WaveGlow(WaveGlowConfig(n_flows=4, **small)))

@@ -25,11 +25,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
-
 import reference_glow as R
+import torch
 from conftest import TINY, run_cli, save_nvidia_pickle, state_dict_of
-from waveglow_cli.checkpoint import read_checkpoint, sniff_format
+
+from waveglow_cli.checkpoints.reader import read_checkpoint, sniff_format
 from waveglow_cli.errors import CheckpointError, UnsafePickleError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
@@ -147,7 +147,7 @@ def cli_error_line(result, path: Path) -> str:
 # Peak memory of reading one file, in a fresh interpreter (after torch's import).
 _MEASURE = textwrap.dedent("""
     import resource, sys
-    from waveglow_cli.checkpoint import read_checkpoint
+    from waveglow_cli.checkpoints.reader import read_checkpoint
     from waveglow_cli.errors import CheckpointError
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
@@ -176,7 +176,7 @@ def measure_read(path: Path) -> tuple[str, int]:
 def test_hand_built_files_are_torch_files_and_read_alike(tmp_path, legacy):
     """Guards the builders below: torch itself reads what they write, and so do we, to the
     same tensors (including a transposed view and two tensors sharing one storage)."""
-    from waveglow_cli.torch_container import read_torch_file
+    from waveglow_cli.checkpoints.torch_container import read_torch_file
 
     storage = FakeStorage("0", 12)
     payload = {"a": FakeTensor(storage, (3, 4), (4, 1)), "b": FakeTensor(storage, (4, 3), (1, 4)),
@@ -199,7 +199,7 @@ def test_numpy_scalars_and_shared_tensors_still_load(tmp_path, tiny_reference, l
     state sharing tensors with the model: the stricter unpickler still reads them, alike."""
     import numpy as np
 
-    from waveglow_cli.torch_container import read_torch_file
+    from waveglow_cli.checkpoints.torch_container import read_torch_file
 
     sd = state_dict_of(tiny_reference)
     payload = {"state_dict": sd, "best_loss": np.float64(-5.25), "epoch": np.int32(3),
@@ -222,7 +222,7 @@ def test_numpy_scalars_and_shared_tensors_still_load(tmp_path, tiny_reference, l
 def test_raw_state_dict_with_its_metadata_loads(tmp_path, legacy):
     """module.state_dict() is an OrderedDict whose '_metadata' attribute is pickled as BUILD
     state on the instance: allowed there (and only as plain attributes)."""
-    from waveglow_cli.model import WaveGlow, WaveGlowConfig
+    from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig
 
     config = WaveGlowConfig(n_mel_channels=4, n_flows=4, n_group=4, n_early_every=2,
                             n_early_size=2, n_layers=2, n_channels=4, upsample_kernel=16,
@@ -334,7 +334,7 @@ def test_build_on_allowed_callable_is_refused_inside_a_good_checkpoint(
     process) and made torch write '<name>.patch' with content from the file, from a
     checkpoint that otherwise loads and synthesises normally.  Refused; nothing written,
     nothing renamed."""
-    from waveglow_cli import safe_pickle
+    from waveglow_cli.checkpoints import safe_pickle as safe_pickle
 
     monkeypatch.chdir(tmp_path)
     good = save_nvidia_pickle(tiny_reference, tmp_path / "good.pt", legacy=legacy)
@@ -376,7 +376,7 @@ def test_state_cannot_plant_a_setstate_in_a_stand_in(tmp_path):
     """A first BUILD could put '__setstate__' (an allowed callable) in a stand-in's __dict__
     for a second BUILD to call with any argument (bytearray(2**30)); the class's method is
     what runs, and dunder keys are not kept."""
-    from waveglow_cli.torch_container import read_torch_file
+    from waveglow_cli.checkpoints.torch_container import read_torch_file
 
     main = (b"\x80\x02}X\x05\x00\x00\x00modelcglow\nWaveGlow\n)\x81"      # {'model': stand-in
             b"}X\x0c\x00\x00\x00__setstate__c__builtin__\nbytearray\nsb"   # BUILD {'__setstate__': ..}

@@ -17,16 +17,35 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from test_download import (BOMB_BYTES, FAST, NAME, cli_env, entry_of, files_under,  # noqa: F401
-                           http_server, make_settings, srv)
-from waveglow_cli.cache import (cache_paths, cached_file, describe_cached, fetch_checkpoint,
-                                read_metadata, read_record)
-from waveglow_cli.download import download
-from waveglow_cli.errors import (CheckpointNotAvailableError, ChecksumMismatchError,
-                                 DownloadError, UsageError)
-from waveglow_cli.registry import Registry, name_problem
+from test_download import (  # noqa: F401
+    BOMB_BYTES,
+    FAST,
+    NAME,
+    cli_env,
+    entry_of,
+    files_under,
+    http_server,
+    make_settings,
+    srv,
+)
+
+from waveglow_cli.checkpoints.cache import (
+    cache_paths,
+    cached_file,
+    describe_cached,
+    fetch_checkpoint,
+    read_metadata,
+    read_record,
+)
+from waveglow_cli.checkpoints.download import download
+from waveglow_cli.checkpoints.registry import Registry, name_problem
+from waveglow_cli.errors import (
+    CheckpointNotAvailableError,
+    ChecksumMismatchError,
+    DownloadError,
+    UsageError,
+)
 from waveglow_cli.settings import DownloadLimits, Settings
 
 SMALL_CAP = 1 << 20   # 1 MiB: the tiny checkpoint (~370 KB) fits, the bombs do not
@@ -271,7 +290,7 @@ def test_zip_member_longer_than_its_header_is_refused(tmp_path):
     import io
     import zipfile
 
-    from waveglow_cli.download import extract_member
+    from waveglow_cli.checkpoints.download import extract_member
     from waveglow_cli.errors import SourceFailed
 
     buffer = io.BytesIO()
@@ -520,7 +539,7 @@ def test_cache_records_honour_the_umask(cached_home, tmp_path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from waveglow_cli.lock import CheckpointLock
+from waveglow_cli.checkpoints.lock import CheckpointLock
 from waveglow_cli.progress import ProgressReporter
 with CheckpointLock(Path(sys.argv[1]), "tiny", ProgressReporter(None)):
     print("held", flush=True)

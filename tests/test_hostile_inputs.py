@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import TINY, run_cli
-from waveglow_cli.audio_io import open_input, read_mel, spool
+
+from waveglow_cli.audio.io import open_input, read_mel, spool
 from waveglow_cli.errors import InputFileError, MelFileError
 
 N_MELS = TINY["n_mel_channels"]
@@ -187,10 +187,10 @@ def test_stdin_mel_is_read_through_the_cap(tmp_path, tiny_checkpoint):
 def test_unreadable_audio_is_named_never_by_an_object_repr(tmp_path):
     """soundfile's messages name the file object it read from ("Error opening <_io.BytesIO
     object at 0x7f..>"); the error names the file and gives libsndfile's reason only."""
-    from waveglow_cli.audio_io import read_audio
+    from waveglow_cli.audio.io import read_audio
     from waveglow_cli.errors import AudioFileError
-    from waveglow_cli.inputs import load_synthesis_input
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.inputs import load_synthesis_input
+    from waveglow_cli.features.mel import MelConfig
 
     broken = b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(40)   # a WAV header without data
     path = tmp_path / "broken.wav"

@@ -20,15 +20,22 @@ import pytest
 
 pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
-from onnx import (GraphProto, ModelProto, NodeProto, SparseTensorProto,  # noqa: E402
-                  TensorProto, helper, numpy_helper)
-
 from conftest import TINY, run_cli  # noqa: E402
-from waveglow_cli import onnx_engine  # noqa: E402
+from onnx import (  # noqa: E402
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    SparseTensorProto,
+    TensorProto,
+    helper,
+    numpy_helper,
+)
+
+from waveglow_cli.engines import onnx as onnx_engine  # noqa: E402
+from waveglow_cli.engines.onnx_check import MAX_ONNX_BYTES  # noqa: E402
 from waveglow_cli.errors import CheckpointError  # noqa: E402
-from waveglow_cli.mel import MelConfig  # noqa: E402
-from waveglow_cli.model import WaveGlowConfig  # noqa: E402
-from waveglow_cli.onnx_check import MAX_ONNX_BYTES  # noqa: E402
+from waveglow_cli.features.mel import MelConfig  # noqa: E402
+from waveglow_cli.model.waveglow import WaveGlowConfig  # noqa: E402
 from waveglow_cli.settings import Settings  # noqa: E402
 from waveglow_cli.vocoder import load_vocoder  # noqa: E402
 

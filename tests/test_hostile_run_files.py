@@ -23,20 +23,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, communicate_or_fail, one_error_line
-from test_download import (FAST, NAME, cli_env, entry_of, http_server,  # noqa: F401
-                           make_settings, srv)
+from test_download import FAST, NAME, cli_env, entry_of, http_server, make_settings, srv  # noqa: F401
 from test_train import TINY as TRAIN_FLAGS
 from test_train import write_clips
-from waveglow_cli.cache import cache_paths, fetch_checkpoint
-from waveglow_cli.download import partial_path
+
+from waveglow_cli.checkpoints.cache import cache_paths, fetch_checkpoint
+from waveglow_cli.checkpoints.download import partial_path
+from waveglow_cli.checkpoints.transfer import state_path as url_record_path
 from waveglow_cli.fileio import size_text
 from waveglow_cli.training.data import MAX_FILE_LIST_BYTES
-from waveglow_cli.training.rundir import (MAX_METRICS_BYTES, MAX_RUN_FILE_BYTES,
-                                          STATE_BYTES_PER_WEIGHT_BYTE, STATE_EXTRA_BYTES,
-                                          STATE_FORMAT, truncate_metrics)
-from waveglow_cli.transfer import state_path as url_record_path
+from waveglow_cli.training.rundir import (
+    MAX_METRICS_BYTES,
+    MAX_RUN_FILE_BYTES,
+    STATE_BYTES_PER_WEIGHT_BYTE,
+    STATE_EXTRA_BYTES,
+    STATE_FORMAT,
+    truncate_metrics,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
                                 reason="needs FIFOs and /dev/zero")
@@ -315,7 +319,7 @@ def test_a_link_as_the_lock_owner_file_is_replaced_not_written_through(srv, tmp_
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from waveglow_cli.lock import CheckpointLock
+from waveglow_cli.checkpoints.lock import CheckpointLock
 from waveglow_cli.progress import ProgressReporter
 with CheckpointLock(Path(sys.argv[1]), "tiny", ProgressReporter(None)):
     print("held", flush=True)

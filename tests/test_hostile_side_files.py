@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -24,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import communicate_or_fail, one_error_line, run_cli
-from waveglow_cli.conventions import (MAX_CONVENTION_BYTES, convention_from_toml,
-                                      load_mel_stats, resolve_convention)
+
 from waveglow_cli.errors import AudioFileError, UsageError
+from waveglow_cli.features.conventions import (
+    MAX_CONVENTION_BYTES,
+    convention_from_toml,
+    load_mel_stats,
+    resolve_convention,
+)
 
 h5py = pytest.importorskip("h5py")
 
@@ -192,8 +195,8 @@ def test_nesting_an_empty_filterbank_and_size_are_refused_in_one_line(tmp_path):
         convention_from_toml("given.toml", "#" * (MAX_CONVENTION_BYTES + 1))
     # A filterbank with some empty bands still converts, with one note instead of librosa's
     # two-line warning.
-    from waveglow_cli.inputs import mel_converter
-    from waveglow_cli.mel import MelConfig
+    from waveglow_cli.features.inputs import mel_converter
+    from waveglow_cli.features.mel import MelConfig
 
     (tmp_path / "sparse.toml").write_text("sample_rate = 22050\nn_mels = 200\nn_fft = 256\n"
                                           "win_length = 256\nhop_length = 64\n")
@@ -357,7 +360,7 @@ def wav_bytes(rate: int, channels: int, frames: int, data_bytes: int | None = No
 
 def test_absurd_rates_and_lying_headers_are_refused_before_decoding(tmp_path):
     """A 60 KB WAV declaring 1 Hz took 5.4 GB and asked for 10.6 GB more (resampled up)."""
-    from waveglow_cli.audio_io import read_mono
+    from waveglow_cli.audio.io import read_mono
 
     (tmp_path / "1hz.wav").write_bytes(wav_bytes(1, 1, 30_000))
     (tmp_path / "1ghz.wav").write_bytes(wav_bytes(1_000_000_000, 1, 30_000))

@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import TINY, read_until_closed
 
 N_MELS = TINY["n_mel_channels"]

@@ -9,7 +9,6 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import TINY
 
 
@@ -67,8 +66,8 @@ def folder(tmp_path):
 
 
 def test_a_folder_job_gives_per_item_results_and_a_summary(vocoder, folder, tmp_path):
-    from waveglow_cli.jobs import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
-    from waveglow_cli.synthesis import SynthesisOptions
+    from waveglow_cli.jobs.core import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     items = discover([str(folder)], MEL_SUFFIXES)
     outputs = plan_outputs(items, str(tmp_path / "out"), ".wav")
@@ -95,7 +94,7 @@ def test_a_folder_job_gives_per_item_results_and_a_summary(vocoder, folder, tmp_
 
     # again: every output exists; skipped under the skip policy, kept and counted apart by
     # default (not failed: only the unreadable input fails again)
-    from waveglow_cli.jobs import OutputPolicy
+    from waveglow_cli.jobs.core import OutputPolicy
 
     again = synthesis_job(vocoder, policy=OutputPolicy(skip_existing=True)).run(items, outputs)
     assert (again.written, again.skipped, again.failed) == (0, 3, 1)
@@ -106,7 +105,7 @@ def test_a_folder_job_gives_per_item_results_and_a_summary(vocoder, folder, tmp_
 
 
 def test_fail_fast_stops_at_the_first_failure(vocoder, folder, tmp_path):
-    from waveglow_cli.jobs import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
+    from waveglow_cli.jobs.core import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
 
     items = discover([str(folder)], MEL_SUFFIXES)
     outputs = plan_outputs(items, str(tmp_path / "out"), ".wav")
@@ -118,8 +117,8 @@ def test_fail_fast_stops_at_the_first_failure(vocoder, folder, tmp_path):
 def test_the_writer_is_a_parameter_and_streams_are_passed_in(vocoder):
     """A writer that keeps audio in memory (as a server would), and standard input/output as
     streams: the job's audio is the vocoder's."""
-    from waveglow_cli.jobs import Item, SynthesisJob, synthesis_job
-    from waveglow_cli.synthesis import SynthesisOptions
+    from waveglow_cli.jobs.core import Item, SynthesisJob, synthesis_job
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     stdin = io.BytesIO()
     np.save(stdin, mel(6, 4))
@@ -146,7 +145,7 @@ def test_the_writer_is_a_parameter_and_streams_are_passed_in(vocoder):
 
 def test_run_items_isolates_failures_and_reports_through_callbacks(tmp_path):
     from waveglow_cli.errors import UsageError
-    from waveglow_cli.jobs import Item, OutputPolicy, run_items
+    from waveglow_cli.jobs.core import Item, OutputPolicy, run_items
 
     sources = [tmp_path / f"{name}.wav" for name in "abc"]
     for path in sources:

@@ -19,12 +19,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from waveglow_cli.audio_io import write_audio_blocks
+from waveglow_cli.audio.out import write_audio_blocks
 from waveglow_cli.errors import SynthesisError
-from waveglow_cli.mel import STFT
-from waveglow_cli.model import WaveGlow, WaveGlowConfig
-from waveglow_cli.synthesis import (NOISE_BLOCK_STEPS, BatchOptions, StreamingDenoiser,
-                                    SynthesisOptions, Synthesizer, noise_steps)
+from waveglow_cli.features.mel import STFT
+from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig
+from waveglow_cli.synthesis.denoiser import StreamingDenoiser
+from waveglow_cli.synthesis.noise import NOISE_BLOCK_STEPS, noise_steps
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
 # 80 mels and the real hop: the per-frame costs are those of real mels; tiny elsewhere (fast).
 MINI80 = WaveGlowConfig(n_mel_channels=80, n_flows=2, n_group=8, n_early_every=4,
@@ -34,7 +36,7 @@ MINI80 = WaveGlowConfig(n_mel_channels=80, n_flows=2, n_group=8, n_early_every=4
 
 @pytest.fixture(scope="module")
 def mini80_checkpoint(tmp_path_factory):
-    from waveglow_cli.checkpoint import save_checkpoint
+    from waveglow_cli.checkpoints.reader import save_checkpoint
 
     torch.manual_seed(0)
     model = WaveGlow(MINI80)
@@ -123,7 +125,7 @@ def test_streaming_denoiser_equals_denoising_the_whole_signal():
 def test_stream_hands_on_each_item_in_order_and_equals_whole(tmp_path):
     """Synthesizer.stream: each item's events are contiguous, end with done, and join into
     what whole (unchunked) synthesis gives, also with the denoiser on."""
-    from waveglow_cli.denoiser import Denoiser
+    from waveglow_cli.synthesis.denoiser import Denoiser
 
     torch.manual_seed(1)
     config = WaveGlowConfig(n_mel_channels=4, n_flows=4, n_group=8, n_early_every=2,

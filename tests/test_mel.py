@@ -1,6 +1,6 @@
 """Tacotron 2 mel spectrogram and denoiser STFT against independent formulations.
 
-References written here, independently of ``waveglow_cli.mel``:
+References written here, independently of ``waveglow_cli.features.mel``:
 
 * librosa: ``librosa.stft`` (float64, centred, reflect) -> ``abs`` -> Slaney filterbank -> log(clip);
 * an NVIDIA-style float32 ``conv1d`` with a windowed cos/sin basis over the reflect-padded signal
@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from waveglow_cli.mel import (
+from waveglow_cli.features.mel import (
     STFT,
     MelConfig,
     MelSpectrogram,

@@ -11,14 +11,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import TINY, run_cli
-from waveglow_cli.audio_io import (CLIP_NOTE_FRACTION, ClipCount, finalize_audio, prepare_audio,
-                                   read_audio, write_audio_blocks)
-from waveglow_cli.inputs import load_synthesis_input
-from waveglow_cli.mel import MelConfig, mel_spectrogram
-from waveglow_cli.melcheck import (SAMPLE_WINDOWS, WINDOW_FRAMES, MelStats, check_mel_scale,
-                                   detect_scale, sample_values)
+
+from waveglow_cli.audio.io import prepare_audio, read_audio
+from waveglow_cli.audio.out import CLIP_NOTE_FRACTION, ClipCount, finalize_audio, write_audio_blocks
+from waveglow_cli.features.inputs import load_synthesis_input
+from waveglow_cli.features.mel import MelConfig, mel_spectrogram
+from waveglow_cli.features.melcheck import (
+    SAMPLE_WINDOWS,
+    WINDOW_FRAMES,
+    MelStats,
+    check_mel_scale,
+    detect_scale,
+    sample_values,
+)
 
 SPEECH = sorted((Path(__file__).parent / "data" / "heldout_speech").glob("*.flac"))
 CONFIG = MelConfig()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import reference_glow as R
 import torch
 
-import reference_glow as R
-from waveglow_cli.checkpoint import normalize_state_dict, infer_config
-from waveglow_cli.model import WaveGlow, WaveGlowConfig, waveglow_loss
+from waveglow_cli.checkpoints.reader import infer_config, normalize_state_dict
+from waveglow_cli.engines.select import select_engine
+from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig, waveglow_loss
 
 
 def ours_from_reference(ref, old: bool) -> WaveGlow:
@@ -52,12 +53,12 @@ def test_the_default_cpu_engine_matches_the_reference(reference_models, layout, 
     """What a float32 checkpoint opened on the CPU runs by default (the packed fast path: other
     layout, other summation order) is NVIDIA's function to float rounding, at sigma 0 and
     sampling, batched with masks or not."""
-    from waveglow_cli.checkpoint import Checkpoint
-    from waveglow_cli.fastpath import FastWaveGlow
+    from waveglow_cli.checkpoints.reader import Checkpoint
+    from waveglow_cli.engines.packed import FastWaveGlow
 
     ref = reference_models[(layout, old)]
     ours = ours_from_reference(ref, old)
-    engine = Checkpoint(ours.config, ours.state_dict()).engine("cpu", torch.float32)
+    engine = select_engine(Checkpoint(ours.config, ours.state_dict()), "cpu", torch.float32)
     assert isinstance(engine, FastWaveGlow) and engine.dtype == torch.float32
     torch.manual_seed(2)
     mel = torch.randn(2, 4, 11)

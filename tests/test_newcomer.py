@@ -120,7 +120,7 @@ def test_list_never_cuts_a_name_mid_word_at_80_columns(where):
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert all(len(line) <= 80 for line in lines)
-    from waveglow_cli.registry import Registry
+    from waveglow_cli.checkpoints.registry import Registry
     from waveglow_cli.settings import Settings
 
     words = set(re.findall(r"[\w.-]+", result.output))

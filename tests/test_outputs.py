@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import TINY
 
 from waveglow_cli import fileio
@@ -28,9 +27,9 @@ ESC = b"\x1b"
 @pytest.fixture(scope="session")
 def tiny_safetensors(tmp_path_factory):
     """A tiny random model saved in our own format (no pickle involved)."""
-    from waveglow_cli.bench import random_model
-    from waveglow_cli.checkpoint import save_checkpoint
-    from waveglow_cli.model import WaveGlowConfig
+    from waveglow_cli.analysis.bench import random_model
+    from waveglow_cli.checkpoints.reader import save_checkpoint
+    from waveglow_cli.model.waveglow import WaveGlowConfig
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     return save_checkpoint(path, random_model(WaveGlowConfig(**TINY)))
@@ -111,7 +110,7 @@ def test_atomic_write_mode_follows_the_current_umask(tmp_path, tiny_safetensors)
     """Checkpoints (convert, training), run files (run.json, training states) and cache files
     go through the same writer; the mode is read when the file is written, not fixed at 0600,
     and replacing a file gives it the umask's mode too."""
-    from waveglow_cli.checkpoint import read_checkpoint, save_checkpoint
+    from waveglow_cli.checkpoints.reader import read_checkpoint, save_checkpoint
 
     old = os.umask(0o077)
     try:
@@ -377,7 +376,7 @@ def test_a_lost_race_counts_as_skipped_under_skip_existing(tmp_path):
     """Two resumed runs on one folder: the one that loses the claim on a file keeps the
     winner's file and counts it as skipped, not as a failure (exit 0); without
     --skip-existing it counts as existing (kept, as if it had been there from the start)."""
-    from waveglow_cli.jobs import Item, OutputPolicy, run_items
+    from waveglow_cli.jobs.core import Item, OutputPolicy, run_items
 
     source = tmp_path / "a.wav"
     source.write_bytes(b"x")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY
-from waveglow_cli.jobs import SilentProgress
+
+from waveglow_cli.jobs.core import SilentProgress
 
 WAIT = 30.0  # seconds a blocked writer waits before the test calls overlap missing
 
@@ -55,8 +55,9 @@ class Produced(SilentProgress):
 
 
 def _job(vocoder, mels, writer, window=64):
-    from waveglow_cli.jobs import Item, SynthesisJob
-    from waveglow_cli.synthesis import BatchOptions, SynthesisOptions
+    from waveglow_cli.jobs.core import Item, SynthesisJob
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     batch = BatchOptions(batch_size=1, max_frames=1024, batch_frames=1024)
     job = SynthesisJob(vocoder.synthesizer(SynthesisOptions(seed=1), batch),
@@ -146,8 +147,9 @@ def test_an_interrupt_leaves_no_partial_file_and_counts_what_was_published(vocod
     made): that file is removed, the one published before counts as written."""
     import _thread
 
-    from waveglow_cli.jobs import AudioWriter, Item, SynthesisJob
-    from waveglow_cli.synthesis import BatchOptions, SynthesisOptions
+    from waveglow_cli.jobs.core import AudioWriter, Item, SynthesisJob
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     mels = {"m0.npy": _mels(1, 10)["m0.npy"], "m1.npy": _mels(1, 200)["m0.npy"],
             "m2.npy": _mels(1, 10)["m0.npy"]}

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import read_until_closed, run_cli
 from rich.console import Console
 
-from conftest import read_until_closed, run_cli
 from waveglow_cli.cli.common import StepStatus
 
 ENV = {**os.environ, "WAVEGLOW_OFFLINE": "1"}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from waveglow_cli.checkpoints.cache import ensure_checkpoint
+from waveglow_cli.checkpoints.registry import Registry, close_matches
 from waveglow_cli.errors import UnknownCheckpointError, UsageError
-from waveglow_cli.cache import ensure_checkpoint
-from waveglow_cli.registry import Registry, close_matches
 from waveglow_cli.settings import Settings
 
 

@@ -424,9 +424,15 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(narrow):
 
 
 def test_the_protocol_parses_both_bodies_alike():
-    from waveglow_cli.serve.protocol import (AudioParams, Limits, RequestError,
-                                             RequestTooLarge, parse_params, parse_request)
-    from waveglow_cli.synthesis import item_seed
+    from waveglow_cli.serve.protocol import (
+        AudioParams,
+        Limits,
+        RequestError,
+        RequestTooLarge,
+        parse_params,
+        parse_request,
+    )
+    from waveglow_cli.synthesis.noise import item_seed
 
     limits = Limits(n_mels=N_MELS, max_frames=100)
     mel = make_mel(30)

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import TINY, run_cli
 
 HOP = 256
@@ -42,7 +41,7 @@ def _mel(frames: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32"])
 @pytest.mark.parametrize("samples", [0, 1000, 1001])
 def test_the_streamed_wav_is_the_file_libsndfile_writes(subtype, samples):
-    from waveglow_cli.audio_out import StreamEncoder
+    from waveglow_cli.audio.out import StreamEncoder
 
     audio = (np.random.default_rng(1).standard_normal(samples) * 0.7).astype(np.float32)
     reference = io.BytesIO()
@@ -56,7 +55,7 @@ def test_the_streamed_wav_is_the_file_libsndfile_writes(subtype, samples):
 def test_float_wav_has_no_peak_chunk_and_is_reproducible(tmp_path):
     """libsndfile's PEAK chunk needs the whole signal and stamps the time: a stream cannot
     carry it, and with it two runs of the same synthesis differ.  Ours has fmt, fact, data."""
-    from waveglow_cli.audio_out import StreamEncoder, write_audio_blocks
+    from waveglow_cli.audio.out import StreamEncoder, write_audio_blocks
 
     audio = (np.random.default_rng(2).standard_normal(999) * 2).astype(np.float32)
     encoder = StreamEncoder("wav", 16000, "FLOAT", audio.size)
@@ -71,7 +70,7 @@ def test_float_wav_has_no_peak_chunk_and_is_reproducible(tmp_path):
 
 
 def test_raw_is_the_wav_data_and_pcm_is_clipped():
-    from waveglow_cli.audio_out import StreamEncoder
+    from waveglow_cli.audio.out import StreamEncoder
 
     audio = np.array([0.5, 3.0, -3.0, -0.25], dtype=np.float32)
     wav = StreamEncoder("wav", 8000, "PCM_16", 4)
@@ -84,7 +83,7 @@ def test_raw_is_the_wav_data_and_pcm_is_clipped():
 
 
 def test_a_nan_block_names_the_item():
-    from waveglow_cli.audio_out import StreamEncoder
+    from waveglow_cli.audio.out import StreamEncoder
     from waveglow_cli.errors import SynthesisError
 
     with pytest.raises(SynthesisError, match="item.npy.*NaN"):
@@ -96,7 +95,7 @@ def test_a_nan_block_names_the_item():
 
 
 def test_one_item_goes_front_to_back_in_growing_pieces():
-    from waveglow_cli.synthesis import plan_pieces
+    from waveglow_cli.synthesis.plans import plan_pieces
 
     pieces = plan_pieces(0, 3000, max_frames=1024, margin=20, first=32)
     cores = [p.end - p.start for p in pieces]
@@ -115,7 +114,7 @@ def test_a_stream_of_nvidias_model_has_few_boundaries():
     """10 s with the 256-channel model's 100-frame margins: three pieces, the last taking the
     rest as soon as it fits, so the stream computes 1193 frames for 861 (it was 1661 with
     pieces doubling from 32); a file is one piece of 861."""
-    from waveglow_cli.synthesis import plan_pieces
+    from waveglow_cli.synthesis.plans import plan_pieces
 
     stream = plan_pieces(0, 861, 1024, 100, first=32)
     assert [(p.start, p.end) for p in stream] == [(0, 32), (32, 160), (160, 861)]
@@ -125,7 +124,7 @@ def test_a_stream_of_nvidias_model_has_few_boundaries():
 
 def test_a_long_file_is_cut_into_as_few_pieces_as_the_budget_allows():
     """The first and last pieces need context on one side only, so they are the longest."""
-    from waveglow_cli.synthesis import plan_pieces
+    from waveglow_cli.synthesis.plans import plan_pieces
 
     pieces = plan_pieces(0, 3000, 1024, 100)
     assert [(p.start, p.end) for p in pieces] == [(0, 924), (924, 1748), (1748, 2572),
@@ -134,7 +133,7 @@ def test_a_long_file_is_cut_into_as_few_pieces_as_the_budget_allows():
 
 
 def test_waves_put_every_items_first_piece_first_and_never_two_of_one_item_together():
-    from waveglow_cli.synthesis import BatchOptions, plan_pieces, plan_waves
+    from waveglow_cli.synthesis.plans import BatchOptions, plan_pieces, plan_waves
 
     pieces = [p for i, n in enumerate([300, 40, 900]) for p in plan_pieces(i, n, 1024, 6, 32)]
     batches = plan_waves(pieces, BatchOptions(batch_size=8, max_frames=1024, batch_frames=4096))
@@ -153,7 +152,7 @@ def test_waves_put_every_items_first_piece_first_and_never_two_of_one_item_toget
 
 
 def test_streamed_pieces_join_to_the_whole_synthesis(vocoder):
-    from waveglow_cli.synthesis import SynthesisOptions, synthesize
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions, synthesize
 
     mel = _mel(700)
     whole = synthesize(vocoder.engine, mel, SynthesisOptions(sigma=0.6, seed=5), key="a.npy")
@@ -167,7 +166,9 @@ def test_streamed_pieces_join_to_the_whole_synthesis(vocoder):
 
 
 def test_interleaved_items_equal_their_lone_results_and_seeds_override(vocoder):
-    from waveglow_cli.synthesis import (BatchOptions, SynthesisOptions, Synthesizer, item_seed)
+    from waveglow_cli.synthesis.noise import item_seed
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
     mels = {"r1": _mel(300, 1), "r2": _mel(90, 2), "r3": _mel(200, 3)}
     user_keys = {"r1": "a.npy", "r2": "b/c.npy", "r3": "a.npy"}
@@ -186,7 +187,8 @@ def test_interleaved_items_equal_their_lone_results_and_seeds_override(vocoder):
 
 
 def test_cancelled_items_stop_being_computed(vocoder):
-    from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+    from waveglow_cli.synthesis.plans import BatchOptions
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
     batch = BatchOptions(max_frames=1024, batch_frames=8192, first_piece=32)
     runner = Synthesizer(vocoder.engine, SynthesisOptions(seed=1), batch)
@@ -200,8 +202,8 @@ def test_cancelled_items_stop_being_computed(vocoder):
 
 def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
     """Each piece is written and flushed as it is made, the header with the first one."""
-    from waveglow_cli.jobs import Item, synthesis_job
-    from waveglow_cli.synthesis import SynthesisOptions
+    from waveglow_cli.jobs.core import Item, synthesis_job
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     class Recorder(io.BytesIO):
         def __init__(self) -> None:
@@ -226,8 +228,8 @@ def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
 def test_a_file_is_made_whole_and_a_stream_in_pieces(vocoder, tmp_path):
     """One input to a file takes one forward pass of its frames; to standard output the ramp's
     three (each boundary adds context frames)."""
-    from waveglow_cli.jobs import Item, synthesis_job
-    from waveglow_cli.synthesis import SynthesisOptions
+    from waveglow_cli.jobs.core import Item, synthesis_job
+    from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     class Recording:
         def __init__(self, engine):

@@ -1,6 +1,7 @@
-"""The package's shape, checked statically (issue 14): modules small enough to read, no import
-cycles (function-level imports included), commands that only declare and delegate, and no
-environment reads or global hooks inside the library.
+"""The package's shape, checked statically: the layers its folders declare and imports that only
+go down them, no import cycles (function-level imports included), modules small enough to
+read, commands that only declare and delegate, and no environment reads or global hooks inside
+the library.
 
 These parse the source with :mod:`ast`; nothing is imported or run."""
 
@@ -16,6 +17,21 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 MAX_FILE_LINES = 700
 MAX_FUNCTION_LINES = 90
 MAX_SYNTH_COMMAND_LINES = 60
+MAX_CLI_FUNCTION_LINES = 60
+
+#: The layers, top to bottom: each top-level module or folder of the package, by role.  A
+#: module may import from its own layer and the layers below it, never from one above (the
+#: package's own ``__init__``, the public API's lazy door, stands outside the layers).
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("front ends", ("cli", "serve", "training", "__main__")),
+    ("jobs", ("jobs", "analysis")),
+    ("the vocoder", ("vocoder",)),
+    ("synthesis", ("synthesis",)),
+    ("engines", ("engines",)),
+    ("weights and features", ("checkpoints", "features")),
+    ("model and audio", ("model", "audio")),
+    ("shared", ("errors", "settings", "progress", "fileio", "_version")),
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -118,6 +134,46 @@ def test_no_import_cycles_among_library_modules() -> None:
     graph = {name: _imported_modules(name, tree) for name, tree in TREES.items()}
     assert sum(map(len, graph.values())) > 20  # the walk sees the imports at all
     assert _cycles(graph) == []
+
+
+def _layer_of(module: str, layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS
+              ) -> int | None:
+    """The rank of ``module``'s layer (0 at the top); None for the package itself."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return None
+    for rank, (_, members) in enumerate(layers):
+        if parts[1] in members:
+            return rank
+    raise AssertionError(f"{module} is in no declared layer: add its folder to LAYERS")
+
+
+def _upward_imports(graph: dict[str, set[str]],
+                    layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS
+                    ) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a module imports from a layer above its own."""
+    found = []
+    for name, imported in graph.items():
+        rank = _layer_of(name, layers)
+        for other in imported:
+            other_rank = _layer_of(other, layers)
+            if rank is not None and other_rank is not None and other_rank < rank:
+                found.append((name, other))
+    return sorted(found)
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    layers = (("top", ("a",)), ("bottom", ("b",)))
+    assert _upward_imports({"p.a.x": {"p.b.y"}, "p.b.y": set()}, layers) == []
+    assert _upward_imports({"p.a.x": set(), "p.b.y": {"p.a.x"}}, layers) == [("p.b.y", "p.a.x")]
+    with pytest.raises(AssertionError, match="no declared layer"):
+        _upward_imports({"p.c.z": set()}, layers)
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    graph = {name: _imported_modules(name, tree) for name, tree in TREES.items()}
+    assert any(_layer_of(name) == len(LAYERS) - 1 for name in graph)  # every layer is seen
+    assert _upward_imports(graph) == []
 
 
 def test_no_source_file_is_over_the_limit() -> None:

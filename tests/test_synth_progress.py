@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import read_until_closed
-from waveglow_cli.bench import random_model, synthetic_mel
-from waveglow_cli.engine import EagerEngine
-from waveglow_cli.fastpath import FastWaveGlow
-from waveglow_cli.gpu_engine import GpuEngine
-from waveglow_cli.model import WaveGlowConfig
-from waveglow_cli.synthesis import BatchOptions, SynthesisOptions, Synthesizer
+
+from waveglow_cli.analysis.bench import random_model, synthetic_mel
+from waveglow_cli.engines.base import EagerEngine
+from waveglow_cli.engines.gpu import GpuEngine
+from waveglow_cli.engines.packed import FastWaveGlow
+from waveglow_cli.model.waveglow import WaveGlowConfig
+from waveglow_cli.synthesis.plans import BatchOptions
+from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
 CONFIG = WaveGlowConfig(n_mel_channels=6, n_flows=8, n_group=8, n_early_every=4,
                         n_early_size=2, n_layers=4, n_channels=16)
@@ -112,7 +113,7 @@ class Recorder:
 
 def test_a_job_knows_its_total_first_and_reports_audio_within_each_file(tiny_checkpoint):
     from waveglow_cli import load_vocoder
-    from waveglow_cli.jobs import Item, synthesis_job
+    from waveglow_cli.jobs.core import Item, synthesis_job
 
     vocoder = load_vocoder(str(tiny_checkpoint), "cpu")
     n_mels = vocoder.config.n_mel_channels

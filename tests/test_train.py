@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import run_cli
+
 from waveglow_cli import training as T
-from waveglow_cli.checkpoint import read_checkpoint
+from waveglow_cli.checkpoints.cache import ensure_checkpoint
+from waveglow_cli.checkpoints.reader import read_checkpoint
 from waveglow_cli.errors import UsageError
-from waveglow_cli.mel import MelConfig
-from waveglow_cli.model import WaveGlowConfig
-from waveglow_cli.cache import ensure_checkpoint
+from waveglow_cli.features.mel import MelConfig
+from waveglow_cli.model.waveglow import WaveGlowConfig
 from waveglow_cli.settings import Settings, Shard
 from waveglow_cli.training import loop as training_loop
 

@@ -19,7 +19,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 import waveglow_cli

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from conftest import run_cli
+
 from waveglow_cli import load_vocoder
-from waveglow_cli.bench import random_model
-from waveglow_cli.checkpoint import read_checkpoint, save_checkpoint
+from waveglow_cli.analysis.bench import random_model
+from waveglow_cli.checkpoints.reader import read_checkpoint, save_checkpoint
 from waveglow_cli.errors import CheckpointError
-from waveglow_cli.model import WaveGlowConfig
+from waveglow_cli.model.waveglow import WaveGlowConfig
 
 # Weights (about 8 MB) far above the few tensors a vocoder keeps besides them.
 MID = WaveGlowConfig(n_mel_channels=80, n_flows=4, n_group=8, n_early_every=2, n_early_size=2,

@@ -13,13 +13,13 @@ __all__ = ["load_vocoder", "mel_spectrogram", "MelConfig", "Vocoder", "WaveGlow"
 
 if TYPE_CHECKING:
     from ._version import __version__
-    from .mel import MelConfig, mel_spectrogram
-    from .model import WaveGlow, WaveGlowConfig
+    from .features.mel import MelConfig, mel_spectrogram
+    from .model.waveglow import WaveGlow, WaveGlowConfig
     from .vocoder import Vocoder, load_vocoder
 
-_LAZY = {"load_vocoder": "vocoder", "Vocoder": "vocoder", "mel_spectrogram": "mel",
-         "MelConfig": "mel", "WaveGlow": "model", "WaveGlowConfig": "model",
-         "__version__": "_version"}  # read from the installed metadata when asked for
+_LAZY = {"load_vocoder": "vocoder", "Vocoder": "vocoder", "mel_spectrogram": "features.mel",
+         "MelConfig": "features.mel", "WaveGlow": "model.waveglow",
+         "WaveGlowConfig": "model.waveglow", "__version__": "_version"}  # read from the installed metadata when asked for
 
 
 def __getattr__(name: str) -> Any:

@@ -6,9 +6,10 @@ the file it is about (where there is one) so the CLI can print one line that nam
 
 from __future__ import annotations
 
+import difflib
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
-
 
 # Characters that must not reach a terminal from a file name: C0 controls (ESC starts escape
 # sequences that can recolour, retitle or rewrite the screen; a newline breaks "one line"),
@@ -34,6 +35,26 @@ def printable(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def closest_names(word: str, spellings: Iterable[tuple[str, str]], n: int = 3) -> list[str]:
+    """The names ``word`` may be a typo of, closest first: ``spellings`` pairs each way of
+    writing a name (the name itself, an alias) with that name; case is ignored.  Checkpoint
+    names and mel convention presets are suggested alike."""
+    by_key: dict[str, str] = {}
+    for key, name in spellings:
+        by_key.setdefault(key.lower(), name)
+    found: list[str] = []
+    for key in difflib.get_close_matches(word.lower(), list(by_key), n=2 * n, cutoff=0.6):
+        if by_key[key] not in found:
+            found.append(by_key[key])
+    return found[:n]
+
+
+def did_you_mean(matches: list[str]) -> str:
+    """"did you mean 'a' or 'b'? " to start a hint in an error message; "" for no match."""
+    return f"did you mean {' or '.join(repr(m) for m in matches)}? " if matches else ""
+
 
 
 class WaveGlowError(Exception):

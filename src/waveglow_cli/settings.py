@@ -92,7 +92,7 @@ class Settings:
     def compile_cache(self) -> Path:
         """Where ``--engine compiled`` keeps torch.compile's code between runs: code that runs,
         so it is made 0700 and refused if anyone else could write to it or to the home holding
-        it (see :func:`waveglow_cli.gpu_engine.check_compile_cache`)."""
+        it (see :func:`waveglow_cli.engines.gpu.check_compile_cache`)."""
         return self.home / "compile-cache"
 
 

@@ -23,15 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import ensure_checkpoint
-from .checkpoint import Checkpoint, read_checkpoint
-from .engine import Engine, engine_from_float32, pick_device, pick_dtype
+from .checkpoints.cache import ensure_checkpoint
+from .checkpoints.reader import Checkpoint, read_checkpoint
+from .checkpoints.registry import Registry, RegistryEntry
+from .engines.base import Engine
+from .engines.devices import pick_device, pick_dtype
+from .engines.select import engine_from_float32, select_engine
 from .errors import CheckpointError, UsageError
-from .mel import MelConfig, mel_spectrogram
-from .model import WaveGlow, WaveGlowConfig, waveglow_loss
-from .registry import Registry, RegistryEntry
+from .features.mel import MelConfig, mel_spectrogram
+from .model.waveglow import WaveGlow, WaveGlowConfig, waveglow_loss
 from .settings import Settings
-from .synthesis import FIRST_PIECE_FRAMES, BatchOptions, SynthesisOptions, Synthesizer
+from .synthesis.plans import FIRST_PIECE_FRAMES, BatchOptions
+from .synthesis.synthesizer import SynthesisOptions, Synthesizer
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -169,7 +172,7 @@ class Vocoder:
     def sha256(self) -> str | None:
         """The sha256 of the checkpoint file (computed once; None without a file)."""
         if self._sha256 is None and self.path is not None:
-            from .download import sha256_file
+            from .checkpoints.download import sha256_file
 
             self._sha256 = sha256_file(self.path)
         return self._sha256
@@ -231,8 +234,8 @@ class Vocoder:
         if self.weights is not None and not self.checkpoint.state_dict:
             _, chosen = _read_engine(self.weights, self.device, dtype, engine, cache_dir)
         else:
-            chosen = self._checkpoint_with_weights("another precision").engine(
-                self.device, dtype, engine, cache_dir)
+            chosen = select_engine(self._checkpoint_with_weights("another precision"),
+                                   self.device, dtype, engine, cache_dir)
         return self.with_engine(chosen)
 
     def synthesizer(self, options: SynthesisOptions | None = None,
@@ -270,7 +273,7 @@ class Vocoder:
         """One (n_mels, F) mel -> float32 audio pieces, front to back, as they are made: the
         first of ``first_piece`` frames (0: the whole item at once), then growing.  Joined they
         are the F * hop samples ``waveglow synth`` writes for the same seed and key (its noise
-        rule: :func:`~waveglow_cli.synthesis.item_seed`); not clipped.  Raises the item's error
+        rule: :func:`~waveglow_cli.synthesis.noise.item_seed`); not clipped.  Raises the item's error
         (NaN audio ...) where it happens."""
         array = mel.detach().cpu().float().numpy() if isinstance(mel, torch.Tensor) else mel
         array = np.asarray(array, dtype=np.float32)
@@ -306,7 +309,7 @@ class Vocoder:
 
 
 def _denoiser_for(engine: Engine) -> Denoise:
-    from .denoiser import Denoiser
+    from .synthesis.denoiser import Denoiser
 
     return Denoiser.for_engine(engine)
 
@@ -321,17 +324,17 @@ def load_vocoder(spec: str = "universal", device: str | torch.device = "auto",
     ``progress`` (see :mod:`waveglow_cli.progress`; None: silent).  ``device``: 'auto' (CUDA,
     MPS, CPU) or a name or ``torch.device``.  The compute type is ``dtype`` when given, else
     ``precision`` ('fp32', 'fp16', 'bf16'; 'auto' is fp32 here: synthesis chooses bf16 only
-    when noise is sampled, see :func:`~waveglow_cli.engine.pick_dtype`).  ``settings``:
+    when noise is sampled, see :func:`~waveglow_cli.engines.devices.pick_dtype`).  ``settings``:
     where the cache and registry are (default: from the environment).  ``denoise`` prepares
     NVIDIA's denoiser (used by synthesis with a denoiser strength).  ``engine``: 'auto', or
-    'eager', 'gpu', 'compiled' (see :func:`~waveglow_cli.engine.engine_from_float32`; the
+    'eager', 'gpu', 'compiled' (see :func:`~waveglow_cli.engines.select.engine_from_float32`; the
     compiled code is cached under the settings' home)."""
     settings = settings if settings is not None else Settings.from_env()
     torch_device = pick_device(device) if isinstance(device, str) else device
     if dtype is None:
         dtype = pick_dtype(precision, torch_device)
     path = ensure_checkpoint(spec, settings, progress)
-    from .onnx_engine import is_onnx_file, open_onnx  # no onnxruntime import until a file
+    from .engines.onnx import is_onnx_file, open_onnx  # no onnxruntime import until a file
 
     chosen: Engine
     weights = None

@@ -4,7 +4,7 @@ Exit codes: 0 everything worked, 1 some input failed, 2 usage error.  Messages a
 on stderr; ``WAVEGLOW_DEBUG=1`` adds the traceback.  Standard output carries data only
 (WAV or .npy bytes for ``-o -``).
 
-Each command module declares its options, calls the library (:mod:`waveglow_cli.jobs`,
+Each command module declares its options, calls the library (:mod:`waveglow_cli.jobs.core`,
 :mod:`waveglow_cli.vocoder`, ...) and maps errors to exit codes through
 :func:`~waveglow_cli.cli.common.errors_to_exit`.  Importing this package imports no torch, so
 ``waveglow --help`` stays fast.

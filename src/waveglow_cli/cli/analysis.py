@@ -8,13 +8,24 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import UsageError, WaveGlowError, printable
-from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointOption,
-                     DeviceOption, DownloadBar, ItemProgress, errors_to_exit,
-                     existing_outputs_hint, load_settings, report, stderr_console)
+from .common import (
+    DEFAULT_CHECKPOINT,
+    EXIT_INPUT_FAILED,
+    EXIT_OK,
+    CheckpointOption,
+    DeviceOption,
+    DownloadBar,
+    ItemProgress,
+    errors_to_exit,
+    existing_outputs_hint,
+    load_settings,
+    report,
+    stderr_console,
+)
 
 if TYPE_CHECKING:
-    from ..jobs import Item, JobProgress
-    from ..mel import MelConfig
+    from ..features.mel import MelConfig
+    from ..jobs.core import Item, JobProgress
 
 
 def score(
@@ -30,9 +41,9 @@ def score(
     and bits per sample."""
     import json
 
-    from ..audio_io import AUDIO_SUFFIXES, read_mono
+    from ..audio.io import AUDIO_SUFFIXES, read_mono
     from ..errors import AudioFileError
-    from ..jobs import discover
+    from ..jobs.core import discover
     from ..vocoder import load_vocoder
 
     settings = load_settings()
@@ -74,7 +85,7 @@ SCORE_MEMORY_BYTES = 4 << 30
 
 
 def _score_seconds(vocoder: Any) -> float:
-    from ..audio_io import MAX_AUDIO_SECONDS
+    from ..audio.io import MAX_AUDIO_SECONDS
 
     config = vocoder.config
     per_sample = 6 * config.n_mel_channels + 24 * config.n_channels + 128
@@ -99,9 +110,16 @@ def plot(
     """Figures: a mel spectrogram, a waveform with its mel, or two signals stacked (--compare).
 
     Axes in seconds and mel frequency, with a colour bar."""
-    from ..audio_io import AUDIO_SUFFIXES
-    from ..jobs import MEL_SUFFIXES, OutputPolicy, discover, input_paths, plan_outputs, run_items
-    from ..plot import plot_signals
+    from ..analysis.plot import plot_signals
+    from ..audio.io import AUDIO_SUFFIXES
+    from ..jobs.core import (
+        MEL_SUFFIXES,
+        OutputPolicy,
+        discover,
+        input_paths,
+        plan_outputs,
+        run_items,
+    )
     from ..vocoder import mel_settings_for
 
     settings = load_settings()
@@ -139,9 +157,9 @@ def plot(
 
 def _panels_for(item: Item, config: MelConfig) -> list[tuple[str, Any, str]]:
     """A mel file: its mel; an audio file: its waveform and its mel."""
-    from ..audio_io import read_bytes, read_mel, read_mono, sniff
+    from ..audio.io import read_bytes, read_mel, read_mono, sniff
     from ..errors import AudioFileError, MelFileError
-    from ..mel import log_mel_frames
+    from ..features.mel import log_mel_frames
 
     source: Path = item.source  # type: ignore[assignment]
     name = source.name

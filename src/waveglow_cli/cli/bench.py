@@ -1,4 +1,4 @@
-"""``waveglow bench``: synthesis speed on synthetic mels (see :mod:`waveglow_cli.bench`)."""
+"""``waveglow bench``: synthesis speed on synthetic mels (see :mod:`waveglow_cli.analysis.bench`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import (DeviceOption, DownloadBar, EngineOption, StepStatus, errors_to_exit,
-                     load_settings)
+from .common import (
+    DeviceOption,
+    DownloadBar,
+    EngineOption,
+    StepStatus,
+    errors_to_exit,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from ..progress import StatusCallback
@@ -36,13 +42,13 @@ def _float32_model(checkpoint: str | None, settings: Settings, status: StatusCal
                    ) -> tuple[Any, str, int]:
     """(float32 model on the CPU, its name, sample rate): a random full-size model, or the
     checkpoint's weights read as ``synth`` reads them."""
-    from ..bench import RANDOM_CHECKPOINT, random_model
+    from ..analysis.bench import RANDOM_CHECKPOINT, random_model
 
     if checkpoint is None:
         status("building a random 256-channel model")
         return random_model(), RANDOM_CHECKPOINT, 22050
-    from ..cache import ensure_checkpoint
-    from ..checkpoint import read_checkpoint
+    from ..checkpoints.cache import ensure_checkpoint
+    from ..checkpoints.reader import read_checkpoint
 
     path = ensure_checkpoint(checkpoint, settings, DownloadBar())  # its bar ends before ours
     status(f"reading {path.name}")
@@ -74,8 +80,9 @@ def bench(
     (measured in the same run)."""
     import json
 
-    from ..bench import BenchOptions, baseline_reference, run_bench
-    from ..engine import engine_from_float32, pick_device, pick_dtype
+    from ..analysis.bench import BenchOptions, baseline_reference, run_bench
+    from ..engines.devices import pick_device, pick_dtype
+    from ..engines.select import engine_from_float32
 
     settings = load_settings()
     # On a terminal a status line says what runs (minutes, for the default model); the

@@ -9,11 +9,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import OutputExistsError, OutputExistsHint, UsageError, WaveGlowError
-from .common import (EXIT_INPUT_FAILED, EXIT_OK, DownloadBar, JsonOption, OfflineOption,
-                     errors_to_exit, load_settings, report, stderr_console)
+from .common import (
+    EXIT_INPUT_FAILED,
+    EXIT_OK,
+    DownloadBar,
+    JsonOption,
+    OfflineOption,
+    errors_to_exit,
+    load_settings,
+    report,
+    stderr_console,
+)
 
 if TYPE_CHECKING:
-    from ..registry import RegistryEntry
+    from ..checkpoints.registry import RegistryEntry
     from ..settings import Settings
 
 CheckpointArgument = Annotated[str, typer.Argument(metavar="CHECKPOINT",
@@ -89,12 +98,17 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
     """What ``info`` prints: where the file is, what it holds, its hash and provenance.  A
     bundled checkpoint (shipped with the package) is hashed and checked against its pinned
     sha256; it has no cache folder."""
-    from ..cache import cache_paths, fetch_checkpoint, read_record, reword_way_forward
-    from ..checkpoint import read_checkpoint
-    from ..download import sha256_file
-    from ..registry import Registry
-    from ..cache import ensure_checkpoint
-    from ..onnx_engine import is_onnx_file
+    from ..checkpoints.cache import (
+        cache_paths,
+        ensure_checkpoint,
+        fetch_checkpoint,
+        read_record,
+        reword_way_forward,
+    )
+    from ..checkpoints.download import sha256_file
+    from ..checkpoints.reader import read_checkpoint
+    from ..checkpoints.registry import Registry
+    from ..engines.onnx import is_onnx_file
     from ..vocoder import mel_config_for
 
     registry = Registry.load(settings)
@@ -146,8 +160,8 @@ def _model(config: Any, sample_rate: int, mel: dict[str, Any]) -> dict[str, Any]
 def _describe_onnx(path: Path) -> dict[str, Any]:
     """``info`` of a ``waveglow export`` file: what its metadata declares (read and checked as
     for running it, without onnxruntime), the file's own sha256 and its source's."""
-    from ..download import sha256_file
-    from ..onnx_engine import META_DTYPE, META_PREFIX, META_SOURCE_SHA256, read_onnx_file_info
+    from ..checkpoints.download import sha256_file
+    from ..engines.onnx import META_DTYPE, META_PREFIX, META_SOURCE_SHA256, read_onnx_file_info
 
     described = read_onnx_file_info(path)
     meta = described.metadata
@@ -174,7 +188,7 @@ def _describe_onnx(path: Path) -> dict[str, Any]:
 def _describe_bundled(entry: RegistryEntry, result: Any) -> dict[str, Any]:
     """``info`` of a checkpoint shipped with the package: the packaged file, its sha256 (checked
     against the registry's pin by ``fetch_checkpoint``, which raises on a mismatch), its size."""
-    from ..checkpoint import read_checkpoint
+    from ..checkpoints.reader import read_checkpoint
     from ..vocoder import mel_config_for
 
     ckpt = read_checkpoint(result.path)
@@ -201,8 +215,8 @@ def convert(
     """Convert any supported checkpoint to the safe, fast-loading safetensors format."""
     import torch
 
-    from ..checkpoint import read_checkpoint, save_checkpoint
-    from ..cache import ensure_checkpoint, reword_way_forward
+    from ..checkpoints.cache import ensure_checkpoint, reword_way_forward
+    from ..checkpoints.reader import read_checkpoint, save_checkpoint
 
     settings = load_settings(offline)
     with errors_to_exit(settings):
@@ -232,7 +246,7 @@ def convert(
 
 def _registry_entries(names: list[str], settings: Settings) -> list[RegistryEntry]:
     """The registry entries ``names`` name (names or aliases), each once, or a usage error."""
-    from ..registry import Registry, unknown_checkpoint_error
+    from ..checkpoints.registry import Registry, unknown_checkpoint_error
 
     registry = Registry.load(settings)
     entries: list[RegistryEntry] = []
@@ -275,7 +289,7 @@ def fetch(
     """Download checkpoints into the cache (verified, resumable, locked).
 
     A cached checkpoint needs no network at all. Prints each one's cached path on stdout."""
-    from ..cache import fetch_checkpoint, reword_way_forward
+    from ..checkpoints.cache import fetch_checkpoint, reword_way_forward
 
     settings = load_settings(offline)
     with errors_to_exit(settings, os_errors=False):
@@ -313,8 +327,8 @@ def list_checkpoints(
     """List the registry's checkpoints and whether each is cached (no network)."""
     import json
 
-    from ..cache import describe_cached
-    from ..registry import Registry
+    from ..checkpoints.cache import describe_cached
+    from ..checkpoints.registry import Registry
 
     settings = load_settings()
     with errors_to_exit(settings):
@@ -359,8 +373,8 @@ def rm(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes.")] = False,
 ) -> None:
     """Remove checkpoints from the cache (the next use downloads them again)."""
-    from ..cache import remove_checkpoint
-    from ..registry import Registry, unknown_checkpoint_error
+    from ..checkpoints.cache import remove_checkpoint
+    from ..checkpoints.registry import Registry, unknown_checkpoint_error
 
     settings = load_settings()
     console = stderr_console()

@@ -16,13 +16,21 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from ..errors import (CheckpointNotAvailableError, InputFileError, OutputExistsError,
-                      StdoutClosed, Terminated, UsageError, WaveGlowError, printable)
-from ..registry import DEFAULT_CHECKPOINT
+from ..checkpoints.registry import DEFAULT_CHECKPOINT
+from ..errors import (
+    CheckpointNotAvailableError,
+    InputFileError,
+    OutputExistsError,
+    StdoutClosed,
+    Terminated,
+    UsageError,
+    WaveGlowError,
+    printable,
+)
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..jobs import Summary
+    from ..jobs.core import Summary
 
 __all__ = ["EXIT_OK", "EXIT_INPUT_FAILED", "EXIT_USAGE", "DEFAULT_CHECKPOINT", "stderr_console",
            "report", "exit_with", "errors_to_exit", "load_settings", "CheckpointOption",
@@ -109,7 +117,7 @@ def refuse_binary_to_terminal(targets: list[Path | None], what: str, suffix: str
 def check_checkpoint(spec: str, settings: Settings) -> None:
     """An unknown checkpoint name is reported before torch is imported (a file that exists
     and a registry name pass; what they hold is checked when loaded)."""
-    from ..registry import Registry, unknown_checkpoint_error
+    from ..checkpoints.registry import Registry, unknown_checkpoint_error
 
     if Path(spec).expanduser().exists():
         return
@@ -252,7 +260,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 class ItemProgress:
     """A rich progress bar on a TTY (stderr) for more than one item; silent otherwise (pipes,
-    files).  What a job reports to (:class:`waveglow_cli.jobs.JobProgress`): failures become
+    files).  What a job reports to (:class:`waveglow_cli.jobs.core.JobProgress`): failures become
     error lines, notes ``note:`` lines (not with ``notes=False``).
 
     With ``audio`` (synthesis), the bar measures seconds of audio.  It appears once the first
@@ -282,8 +290,14 @@ class ItemProgress:
             # Its clock starts with the bar (the rate counts synthesis, not reading).
             self._task = self._progress.add_task(self._audio_text(), total=None, start=False)
         elif total > 1 and self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(TextColumn(label), TextColumn("{task.description}"),
                                       BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -381,8 +395,14 @@ class DownloadBar:
         if self._progress is None:
             if self.status is not None:
                 self.status.stop()
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                       DownloadColumn(), TransferSpeedColumn(),

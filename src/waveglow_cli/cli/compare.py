@@ -1,5 +1,5 @@
 """``waveglow compare REFERENCE GENERATED``: how close generated audio is to its reference, per file and
-overall (:mod:`waveglow_cli.comparison`).
+overall (:mod:`waveglow_cli.analysis.compare`).
 
 Text: one tab-separated row per file, then a summary line, on standard output.  ``--json``: one
 JSON object ``{"reference", "generated", "files": [row, ...], "summary": {...}, "missing":
@@ -20,12 +20,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import (EXIT_INPUT_FAILED, EXIT_OK, JsonOption, errors_to_exit, load_settings,
-                     report, stderr_console)
+from .common import (
+    EXIT_INPUT_FAILED,
+    EXIT_OK,
+    JsonOption,
+    errors_to_exit,
+    load_settings,
+    report,
+    stderr_console,
+)
 
 if TYPE_CHECKING:
-    from ..comparison import PairResult
-    from ..mel import MelConfig
+    from ..analysis.compare import PairResult
+    from ..features.mel import MelConfig
 
 
 def compare(
@@ -50,15 +57,15 @@ def compare(
     and loudness difference."""
     import json
 
-    from ..comparison import compare_files, pair_inputs, summarise
+    from ..analysis.compare import compare_files, pair_inputs, summarise
     from ..errors import AudioFileError, WaveGlowError
-    from ..mel import MelConfig
+    from ..features.mel import MelConfig
 
     settings = load_settings()
     with errors_to_exit(settings, os_errors=False):
         pairs, missing = pair_inputs(reference, generated)
         if plot is not None:
-            from ..plot import require_matplotlib
+            from ..analysis.plot import require_matplotlib
 
             require_matplotlib()
     console = stderr_console()
@@ -124,8 +131,8 @@ def _summary_text(summary: dict[str, float | int | None], failures: int, f0: boo
 
 def _plot_pair(folder: Path, row: PairResult, config: MelConfig) -> None:
     """Reference and generated mels, one above the other, in ``folder/<key>.png``."""
-    from ..inputs import audio_to_mel
-    from ..plot import plot_signals
+    from ..analysis.plot import plot_signals
+    from ..features.inputs import audio_to_mel
 
     panels = []
     for label, path in (("reference", row.reference), ("generated", row.generated)):

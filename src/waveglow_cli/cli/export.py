@@ -1,5 +1,5 @@
 """``waveglow export``: a checkpoint as one ONNX file (mel, z, lengths, sigma -> audio), checked
-against the torch engine with onnxruntime before it is written (:mod:`waveglow_cli.onnx_export`)."""
+against the torch engine with onnxruntime before it is written (:mod:`waveglow_cli.jobs.export`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ from typing import Annotated
 import typer
 
 from ..errors import OutputExistsError, OutputExistsHint
-from .common import (DownloadBar, JsonOption, OfflineOption, OverwriteOption, QuietOption,
-                     StepStatus, check_checkpoint, errors_to_exit, load_settings,
-                     require_extra, stderr_console)
+from .common import (
+    DownloadBar,
+    JsonOption,
+    OfflineOption,
+    OverwriteOption,
+    QuietOption,
+    StepStatus,
+    check_checkpoint,
+    errors_to_exit,
+    load_settings,
+    require_extra,
+    stderr_console,
+)
 
 Checkpoint = Annotated[str, typer.Argument(metavar="CHECKPOINT",
                                            help="Checkpoint file or registry name.")]
@@ -53,7 +63,7 @@ def export(
         # onnx writes the file and onnxruntime checks it: both missing is said at once, not
         # after torch, the model and the trace (as serve and synth -c x.onnx say theirs).
         require_extra("export", "onnx", ("onnx", "onnxruntime"))
-        from ..onnx_export import ExportOptions, export_onnx
+        from ..jobs.export import ExportOptions, export_onnx
 
         options = ExportOptions(opset=opset, dtype=dtype, batch=ExportOptions.parse_batch(batch),
                                 overwrite=overwrite)

@@ -1,21 +1,34 @@
 """``waveglow mel``: audio files to Tacotron 2 mel spectrograms, one item at a time
-(:func:`waveglow_cli.jobs.run_items`); with ``--from PRESET|FILE.toml``, mels of another
-toolkit's convention converted to ours (:mod:`waveglow_cli.melconvert`) without vocoding."""
+(:func:`waveglow_cli.jobs.core.run_items`); with ``--from PRESET|FILE.toml``, mels of another
+toolkit's convention converted to ours (:mod:`waveglow_cli.features.melconvert`) without vocoding."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 
-from ..conventions import PRESETS
 from ..errors import UsageError
-from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, DownloadBar, ItemProgress,
-                     MelCheckpointOption, OverwriteOption, QuietOption, SkipExistingOption,
-                     check_checkpoint, end_of_job, errors_to_exit, interrupts_to_exit,
-                     load_settings, refuse_binary_to_terminal)
+from ..features.conventions import PRESETS
+from .common import (
+    DEFAULT_CHECKPOINT,
+    EXIT_INPUT_FAILED,
+    EXIT_OK,
+    DownloadBar,
+    ItemProgress,
+    MelCheckpointOption,
+    OverwriteOption,
+    QuietOption,
+    SkipExistingOption,
+    check_checkpoint,
+    end_of_job,
+    errors_to_exit,
+    interrupts_to_exit,
+    load_settings,
+    refuse_binary_to_terminal,
+)
 
 FORMATS = ("npy", "pt")
 
@@ -50,9 +63,8 @@ def mel(
     """Compute Tacotron 2 mel spectrograms, or convert another toolkit's mels (--from).
 
     Each mel is float32, shaped (n_mels, frames), in natural log."""
-    from ..audio_io import AUDIO_SUFFIXES, MEL_LAYOUTS, atomic_write, encode_mel
-    from ..jobs import MEL_SUFFIXES, Item, JobProgress, OutputPolicy, discover, plan_outputs, \
-        run_items, write_stream
+    from ..audio.io import AUDIO_SUFFIXES, MEL_LAYOUTS
+    from ..jobs.core import MEL_SUFFIXES, OutputPolicy, discover, plan_outputs
 
     settings = load_settings()
     with errors_to_exit(settings, os_errors=False):
@@ -63,7 +75,7 @@ def mel(
         if mel_layout not in MEL_LAYOUTS:
             raise UsageError(f"--mel-layout takes {', '.join(MEL_LAYOUTS)}")
         if convention is not None:
-            from ..conventions import resolve_convention
+            from ..features.conventions import resolve_convention
 
             resolve_convention(convention)  # a bad spec fails before any work
         items = discover(inputs, AUDIO_SUFFIXES if convention is None
@@ -73,39 +85,20 @@ def mel(
                                else f".tacotron2.{fmt}")
         refuse_binary_to_terminal(outputs, f"binary .{fmt} data", f".{fmt}")
         check_checkpoint(checkpoint, settings)
-    stdout = getattr(sys.stdout, "buffer", None)
-
-    def handle(item: Item, source: Path | IO[bytes], target: Path | None,
-               progress: JobProgress) -> None:
-        from ..inputs import audio_to_mel, load_synthesis_input
-
-        if converter is None:
-            spectrogram, notes = audio_to_mel(source, config, item.display)
-        else:
-            loaded, notes = load_synthesis_input(source, item.display, config, mel_layout,
-                                                 converter=converter)
-            spectrogram = loaded  # converted: an array
-        for text in notes:
-            progress.note(text)
-        data = encode_mel(spectrogram, fmt)
-        if target is None:
-            write_stream(stdout, data)
-        else:
-            atomic_write(target, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
-
     with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
+        from ..features.inputs import mel_converter
+        from ..jobs.mel_job import MelJob
         from ..vocoder import mel_settings_for
 
         config = mel_settings_for(checkpoint, settings, DownloadBar(quiet))
-        converter = None
-        if convention is not None:
-            from ..inputs import mel_converter
-
-            converter = mel_converter(convention, config, mel_stats)
+        converter = (None if convention is None
+                     else mel_converter(convention, config, mel_stats))
+        job = MelJob(config, fmt, converter, mel_layout, policy,
+                     stdin=getattr(sys.stdin, "buffer", None),
+                     stdout=getattr(sys.stdout, "buffer", None))
         with ItemProgress(0 if quiet else len(items), "mel", settings,
                           notes=not quiet) as progress:
-            summary = run_items(items, outputs, policy, handle, progress,
-                                stdin=getattr(sys.stdin, "buffer", None))
+            summary = job.run(items, outputs, progress)
     end_of_job(summary, quiet)
     raise typer.Exit(EXIT_INPUT_FAILED if summary.failed else EXIT_OK)
 

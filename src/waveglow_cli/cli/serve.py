@@ -8,9 +8,18 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .common import (DEFAULT_CHECKPOINT, CheckpointOption, DeviceOption, DownloadBar,
-                     EngineOption, PrecisionOption, check_checkpoint, errors_to_exit, load_settings,
-                     stderr_console)
+from .common import (
+    DEFAULT_CHECKPOINT,
+    CheckpointOption,
+    DeviceOption,
+    DownloadBar,
+    EngineOption,
+    PrecisionOption,
+    check_checkpoint,
+    errors_to_exit,
+    load_settings,
+    stderr_console,
+)
 
 Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
 Port = Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one (printed).",
@@ -74,10 +83,10 @@ def serve(
             raise UsageError(f"waveglow serve needs the serve extra ({e.name} is missing): "
                              "pip install 'waveglow-exact[serve]'") from None
         sock = bind_socket(host, port)  # a port in use fails before torch is imported
-        from ..engine import pick_device, pick_dtype
+        from ..engines.devices import pick_device, pick_dtype
         from ..serve.app import ServeOptions, create_app
         from ..serve.protocol import DEFAULT_SIGMA
-        from ..synthesis import return_freed_memory_promptly
+        from ..synthesis.synthesizer import return_freed_memory_promptly
         from ..vocoder import load_vocoder
 
         options = ServeOptions(checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms,

@@ -1,5 +1,5 @@
 """``waveglow synth``: declare the options, load the vocoder, run the synthesis job
-(:class:`waveglow_cli.jobs.SynthesisJob`), print its summary and exit with its status."""
+(:class:`waveglow_cli.jobs.core.SynthesisJob`), print its summary and exit with its status."""
 
 from __future__ import annotations
 
@@ -11,15 +11,30 @@ import typer
 
 from ..errors import UsageError
 from ..settings import Shard
-from .common import (DEFAULT_CHECKPOINT, EXIT_INPUT_FAILED, EXIT_OK, CheckpointOption,
-                     DeviceOption, DownloadBar, EngineOption, ItemProgress, OverwriteOption,
-                     PrecisionOption, QuietOption, SkipExistingOption, StepStatus,
-                     check_checkpoint, end_of_job,
-                     errors_to_exit, interrupts_to_exit, load_settings,
-                     refuse_binary_to_terminal)
+from .common import (
+    DEFAULT_CHECKPOINT,
+    EXIT_INPUT_FAILED,
+    EXIT_OK,
+    CheckpointOption,
+    DeviceOption,
+    DownloadBar,
+    EngineOption,
+    ItemProgress,
+    OverwriteOption,
+    PrecisionOption,
+    QuietOption,
+    SkipExistingOption,
+    StepStatus,
+    check_checkpoint,
+    end_of_job,
+    errors_to_exit,
+    interrupts_to_exit,
+    load_settings,
+    refuse_binary_to_terminal,
+)
 
 if TYPE_CHECKING:
-    from ..jobs import Item, OutputPolicy, SynthesisJob
+    from ..jobs.core import Item, OutputPolicy, SynthesisJob
     from ..settings import Settings
 
 Inputs = Annotated[list[str], typer.Argument(
@@ -99,7 +114,7 @@ def synth(
     first_piece: FirstPiece = None,
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
-    from ..jobs import OutputPolicy, all_ranks_sum
+    from ..jobs.core import OutputPolicy, all_ranks_sum
 
     settings, shard = load_settings(), Shard.from_env()
     with errors_to_exit(settings, os_errors=False):  # all before torch is imported
@@ -130,10 +145,16 @@ def _plan(inputs: list[str], output: str | None, subtype: str, mel_layout: str,
           mel_scale: str, shard: Shard, fmt: str | None
           ) -> tuple[list[Item], list[Path | None]]:
     """The inputs, where each one's audio goes, and this process's share of them."""
-    from ..audio_io import (AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES, STREAM_FORMATS,
-                            output_format)
-    from ..jobs import (MEL_SUFFIXES, discover, plan_outputs, refuse_overwriting_inputs,
-                        take_shard, without_own_outputs)
+    from ..audio.io import AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES
+    from ..audio.out import STREAM_FORMATS, output_format
+    from ..jobs.core import (
+        MEL_SUFFIXES,
+        discover,
+        plan_outputs,
+        refuse_overwriting_inputs,
+        take_shard,
+        without_own_outputs,
+    )
 
     if mel_layout not in MEL_LAYOUTS or mel_scale not in MEL_SCALES:
         raise UsageError(f"--mel-layout takes {', '.join(MEL_LAYOUTS)}; "
@@ -159,7 +180,7 @@ def _check_mel_from(mel_from: str | None, mel_stats: str | None) -> None:
         if mel_stats is not None:
             raise UsageError("--mel-stats goes with --mel-from (the convention it normalises)")
         return
-    from ..conventions import resolve_convention
+    from ..features.conventions import resolve_convention
 
     resolve_convention(mel_from)
 
@@ -175,12 +196,12 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy,
     """The vocoder for the device and precision asked for, and the job around it; each step
     that takes seconds (torch starting, the checkpoint read and prepared) told to ``status``."""
     status("starting torch")
-    from ..bench import precision_name
-    from ..cache import ensure_checkpoint
-    from ..jobs import synthesis_job
-    from ..engine import pick_device, pick_dtype
-    from ..synthesis import BatchOptions, SynthesisOptions
-    from ..synthesis import return_freed_memory_promptly
+    from ..analysis.bench import precision_name
+    from ..checkpoints.cache import ensure_checkpoint
+    from ..engines.devices import pick_device, pick_dtype
+    from ..jobs.core import synthesis_job
+    from ..synthesis.plans import BatchOptions
+    from ..synthesis.synthesizer import SynthesisOptions, return_freed_memory_promptly
     from ..vocoder import load_vocoder
 
     return_freed_memory_promptly()  # memory that does not grow with the input's length
@@ -200,7 +221,7 @@ def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy,
     batching = BatchOptions.for_device(torch_device, vocoder.config, batch_size=batch_size,
                                        max_frames=max_frames, batch_frames=batch_frames)
     if plot:
-        from ..plot import require_matplotlib
+        from ..analysis.plot import require_matplotlib
 
         require_matplotlib()
     # Standard input and output as streams (None where this process has none).

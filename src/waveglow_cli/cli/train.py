@@ -31,7 +31,7 @@ def given_on_command_line(ctx: typer.Context) -> frozenset[str]:
 
 def options_from_flags(params: dict[str, Any], explicit: frozenset[str]) -> TrainOptions:
     """The TrainOptions the flags ask for (``params``: the command's parameters by name)."""
-    from ..model import WaveGlowConfig
+    from ..model.waveglow import WaveGlowConfig
     from ..training.options import TrainOptions
 
     flags = dict(params)

@@ -25,7 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._version import package_version
-from ..synthesis import FIRST_PIECE_FRAMES, BatchOptions, SynthesisOptions, Synthesizer
+from ..synthesis.plans import FIRST_PIECE_FRAMES, BatchOptions
+from ..synthesis.synthesizer import SynthesisOptions, Synthesizer
 from .batcher import Batcher, BatcherOptions, Job
 from .body import BodyBudget, read_request
 from .metrics import ServerMetrics

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..synthesis import BatchOptions, SynthesisOptions, Synthesizer
+from ..synthesis.plans import BatchOptions
+from ..synthesis.synthesizer import SynthesisOptions, Synthesizer
 from .metrics import ServerMetrics
 
 # What a request's queue receives: (an audio block, or the exception that failed it; last?).

@@ -27,8 +27,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from .jsonmel import SLICE_BYTES, MelJsonReader
-from .protocol import (Limits, RequestError, RequestTooLarge, ServerBusy, SynthesisRequest,
-                       binary_mel, is_json, json_request, may_be_json, parse_params)
+from .protocol import (
+    Limits,
+    RequestError,
+    RequestTooLarge,
+    ServerBusy,
+    SynthesisRequest,
+    binary_mel,
+    is_json,
+    json_request,
+    may_be_json,
+    parse_params,
+)
 
 BINARY_FACTOR = 3            # a binary body: its chunks, joined, decoded (float32 <= float64)
 # A JSON chunk while it is converted: itself and two copies of its text, and its numbers (at

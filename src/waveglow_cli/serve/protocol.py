@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio_io import read_mel, validate_mel
-from ..audio_out import STREAM_FORMATS, SUBTYPES
+from ..audio.io import read_mel, validate_mel
+from ..audio.out import STREAM_FORMATS, SUBTYPES
 from ..errors import InputFileError
-from ..synthesis import item_seed, noise_seed
+from ..synthesis.noise import item_seed, noise_seed
 from .jsonmel import MelJsonReader
 from .refusals import RequestError, RequestTooLarge, ServerBusy
 

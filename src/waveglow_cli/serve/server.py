@@ -17,8 +17,14 @@ from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
 from ..errors import WaveGlowError
-from .connections import ConnectionLimits, GuardedProtocol, Listener, connection_capacity, \
-    logger, watch
+from .connections import (
+    ConnectionLimits,
+    GuardedProtocol,
+    Listener,
+    connection_capacity,
+    logger,
+    watch,
+)
 
 # After the deadline the connections left are closed; their requests end as a client's that
 # left.  This long is given to them before what still runs is cancelled.

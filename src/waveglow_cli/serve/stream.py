@@ -24,7 +24,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from ..audio_out import StreamEncoder, encode_audio, finalize_audio
+from ..audio.out import StreamEncoder, encode_audio, finalize_audio
 from ..errors import InputFileError, WaveGlowError
 from .batcher import Batcher, Delivery, Job
 from .metrics import ServerMetrics

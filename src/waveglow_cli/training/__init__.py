@@ -1,7 +1,7 @@
 """``waveglow train``: maximum-likelihood training and fine-tuning of WaveGlow.
 
 The objective is NVIDIA's ``WaveGlowLoss`` (:func:`waveglow_cli.model.waveglow_loss`) on random
-segments of audio, with the mel computed on the fly by :func:`waveglow_cli.mel.mel_spectrogram`,
+segments of audio, with the mel computed on the fly by :func:`waveglow_cli.features.mel.mel_spectrogram`,
 exactly as ``waveglow mel`` and copy synthesis compute it.  Semantics follow NVIDIA's
 ``train.py``/``mel2samp.py`` (random segment per file, zero-padded when the file is shorter,
 Adam, constant learning rate); the code is our own.
@@ -14,8 +14,15 @@ Modules: :mod:`.options` (what was asked), :mod:`.data` (files and the segment s
 from __future__ import annotations
 
 from ..errors import TrainingError, TrainingInterrupted
-from .data import AudioFile, SegmentDataset, StepBatches, collect_files, probe, \
-    split_validation, take_segment
+from .data import (
+           AudioFile,
+           SegmentDataset,
+           StepBatches,
+           collect_files,
+           probe,
+           split_validation,
+           take_segment,
+)
 from .loop import train
 from .options import TrainOptions
 from .rundir import checkpoint_steps, model_path, state_path

@@ -23,11 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio_io import AUDIO_SUFFIXES, prepare_audio, read_audio
-from ..errors import (AudioFileError, InputFileError, TrainingError, UsageError, WaveGlowError,
-                      printable)
+from ..audio.io import AUDIO_SUFFIXES, prepare_audio, read_audio
+from ..errors import (
+    AudioFileError,
+    InputFileError,
+    TrainingError,
+    UsageError,
+    WaveGlowError,
+    printable,
+)
+from ..features.mel import MelConfig, mel_spectrogram
 from ..fileio import file_kind, open_checked, read_side_file
-from ..mel import MelConfig, mel_spectrogram
 from .options import TrainOptions
 
 MAX_SKIP_NOTES = 20  # skipped files named one by one; the rest are counted

@@ -23,17 +23,29 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError, TrainingInterrupted, UsageError
+from ..features.mel import MelConfig
 from ..fileio import remove_stale_parts
-from ..mel import MelConfig
-from ..model import WaveGlow, waveglow_loss
+from ..model.waveglow import WaveGlow, waveglow_loss
 from ..settings import Settings, Shard
 from .data import StepBatches, TrainingData, collate, prepare_data
 from .options import TrainOptions, merge_resumed
 from .report import Reporter
-from .rundir import (METRICS_FILE, RUN_FILE, TENSORBOARD_DIR, checkpoint_steps, model_path,
-                     read_run_file, refuse_unusable_run_dir, run_record, save_checkpoint_set,
-                     seed_everything, set_rng_state, state_path, truncate_metrics,
-                     write_run_file)
+from .rundir import (
+    METRICS_FILE,
+    RUN_FILE,
+    TENSORBOARD_DIR,
+    checkpoint_steps,
+    model_path,
+    read_run_file,
+    refuse_unusable_run_dir,
+    run_record,
+    save_checkpoint_set,
+    seed_everything,
+    set_rng_state,
+    state_path,
+    truncate_metrics,
+    write_run_file,
+)
 from .setup import ModelStart, pick_amp, pick_training_device, start_model
 from .stop import StopRequests, ignore_interrupts
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrainingError, UsageError
-from ..model import WaveGlowConfig
+from ..model.waveglow import WaveGlowConfig
 
 # Options a resumed run takes from run.json unless they are given again on the command line.
 RESUMABLE = ("data", "val", "segment_length", "batch_size", "lr", "lr_schedule", "lr_min",

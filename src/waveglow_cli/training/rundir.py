@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError, UsageError
+from ..features.mel import MelConfig
 from ..fileio import atomic_write, open_side_file, read_side_text, size_text, write_json
-from ..mel import MelConfig
-from ..model import WaveGlow, WaveGlowConfig
+from ..model.waveglow import WaveGlow, WaveGlowConfig
 from ..settings import Shard
 from .options import MODEL_FLAGS, RESUMABLE, TrainOptions
 
@@ -264,10 +264,10 @@ def seed_everything(seed: int) -> None:
 def read_training_state(run_dir: Path, step: int) -> dict[str, Any]:
     """The optimizer, scaler, step and RNG states saved with checkpoint ``step``.
 
-    Read as any checkpoint is (see :mod:`waveglow_cli.torch_container`): our own container
+    Read as any checkpoint is (see :mod:`waveglow_cli.checkpoints.torch_container`): our own container
     reader and allow-listed unpickler, which never allocates more than the file holds, from
     the one descriptor that was checked; nothing of the file stays mapped afterwards."""
-    from ..torch_container import read_torch_file
+    from ..checkpoints.torch_container import read_torch_file
 
     path = state_path(run_dir, step)
     try:
@@ -332,7 +332,7 @@ def save_checkpoint_set(run_dir: Path, step: int, model: WaveGlow, optimizer: to
                         scaler: torch.amp.GradScaler, mel_config: MelConfig, keep: int) -> Path:
     """Write the training state, then the weights (both atomically), then drop all but the
     newest ``keep`` checkpoints.  The weights file appearing last marks a complete set."""
-    from ..checkpoint import save_checkpoint
+    from ..checkpoints.reader import save_checkpoint
 
     state = {"format": STATE_FORMAT, "version": STATE_VERSION, "step": step,
              "optimizer": optimizer.state_dict(),

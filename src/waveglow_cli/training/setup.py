@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import UsageError, WaveGlowError
-from ..mel import MelConfig
-from ..model import WaveGlow
+from ..features.mel import MelConfig
+from ..model.waveglow import WaveGlow
 from ..settings import Settings, Shard
 from .options import TrainOptions
 from .rundir import model_path, read_training_state
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from ..registry import RegistryEntry
+    from ..checkpoints.reader import Checkpoint
+    from ..checkpoints.registry import RegistryEntry
 
 
 def pick_training_device(name: str, shard: Shard) -> torch.device:
     """``auto``: this process's LOCAL_RANK GPU under CUDA, else the CPU; ``cuda`` without an
     index also means the local rank's GPU."""
-    from ..engine import pick_device
+    from ..engines.devices import pick_device
 
     if name == "auto":
         if torch.cuda.is_available():
@@ -97,7 +97,7 @@ def start_model(options: TrainOptions, run_dir: Path, resume_step: int | None,
                 settings: Settings) -> ModelStart:
     """The run's latest checkpoint (``resume_step``), the checkpoint of --from (fetched if it
     is a registry name), or a fresh model of ``options.model`` seeded by ``options.seed``."""
-    from ..checkpoint import read_checkpoint
+    from ..checkpoints.reader import read_checkpoint
 
     if resume_step is not None:
         checkpoint = read_checkpoint(model_path(run_dir, resume_step))
@@ -106,7 +106,7 @@ def start_model(options: TrainOptions, run_dir: Path, resume_step: int | None,
                           int(state["step"]), state,
                           f"resumed from {model_path(run_dir, resume_step)}")
     if options.init_from is not None:
-        from ..cache import ensure_checkpoint, reword_way_forward
+        from ..checkpoints.cache import ensure_checkpoint, reword_way_forward
         from ..vocoder import registry_entry_for
 
         try:

@@ -1,5 +1,5 @@
 """onnxruntime on the CPU against our torch CPU engine, on the bundled demo model: 10 s of mel,
-batch 1, the same noise, 5 timed calls of ``engine.infer`` after a warm-up (issue 19).
+batch 1, the same noise, 5 timed calls of ``engine.infer`` after a warm-up.
 
     waveglow export demo -o demo.onnx && waveglow export demo -o demo16.onnx --dtype fp16
     python benchmarks/onnx_bench.py [--t1] [--fast32] [--bf16]    # in that folder

@@ -17,7 +17,7 @@ bound.
 Reported (one JSON object on stdout): latency p50/p99 (request sent to last byte), first-byte
 p50/p99, throughput in seconds of audio per second of wall time, for the server and for
 sequential synth calls, and their ratio.  The defaults suit a 2-core machine (about two
-minutes); the issue's full load is ``--clients 32 --requests 200 --max-seconds 1800``.
+minutes); the full load is ``--clients 32 --requests 200 --max-seconds 1800``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The measuring half of ``scripts/device_check.sh`` (issue 16): every figure of the GPU check.
+"""The measuring half of ``scripts/device_check.sh``: every figure of the GPU check.
 
     python scripts/device_check.py run --out OUT [--device cuda] [--short] [--compile]
         [--tests-json F] [--install-json F]
@@ -19,7 +19,7 @@ writes ``OUT/device_check.json`` with these sections (each has ``status`` ok/fai
 * ``long_utterance``: one 10-minute mel, wall time and peak GPU memory, per engine;
 * ``snr_trained``: fp16/bf16 against fp32 with the same noise on the trained ``demo`` weights
   (copy synthesis of the held-out clips), per engine;
-* ``targets``: the issue's targets, each with the figure it was judged on.
+* ``targets``: the GPU targets (docs/benchmarks.md, "GPU"), each with the figure it was judged on.
 
 ``--short`` (with ``--device cpu``: the test suite's dry run) uses a tiny model and tiny sizes
 so every section is exercised in seconds; ``--compile`` there also compiles (slow on a CPU).
@@ -53,7 +53,8 @@ from waveglow_cli.analysis.bench import (
     synthetic_mel,
 )
 from waveglow_cli.checkpoints.reader import read_checkpoint  # noqa: E402
-from waveglow_cli.engines.select import engine_from_float32  # noqa: E402
+from waveglow_cli.engines.devices import precision_name  # noqa: E402
+from waveglow_cli.engines.select import SigmaPolicy, build_engine, choose_engine  # noqa: E402
 from waveglow_cli.model.waveglow import WaveGlowConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -120,13 +121,15 @@ def engines_for(args: argparse.Namespace, precision: str) -> list[str]:
 
 def make_engine(args: argparse.Namespace, model, device: torch.device, dtype: torch.dtype,
                 kind: str, cache: Path):
-    """``engine_from_float32`` of a copy of ``model`` (the eager engine casts and moves the
+    """The engine ``kind`` chosen and built from a copy of ``model`` (the eager engine casts and moves the
     module it is given, and the next engine must fold float32 weights); the dry run pads to
     small buckets (fp16/bf16 products are emulated on most CPUs, so padding a few frames to
     4096 rows would take minutes)."""
     import copy
 
-    engine = engine_from_float32(copy.deepcopy(model), device, dtype, kind, cache)
+    float32 = copy.deepcopy(model)
+    engine = build_engine(choose_engine(float32, device, precision_name(dtype), kind).first,
+                          float32, cache)
     if args.short and hasattr(engine, "buckets"):
         engine.buckets = (512, 1024, 2048)
     return engine
@@ -178,6 +181,7 @@ def folder_child(args: argparse.Namespace) -> None:
     engine asked for; one JSON line on stdout."""
     started = time.perf_counter()
     from waveglow_cli.jobs.core import MEL_SUFFIXES, discover, plan_outputs, synthesis_job
+    from waveglow_cli.jobs.options import OutputOptions
     from waveglow_cli.settings import Settings
     from waveglow_cli.synthesis.plans import BatchOptions
     from waveglow_cli.synthesis.synthesizer import SynthesisOptions
@@ -186,11 +190,13 @@ def folder_child(args: argparse.Namespace) -> None:
     settings = Settings(home=Path(args.home), registry_file=None, offline=True, mirror=None,
                         debug=True)
     device = torch.device(args.device)
-    vocoder = load_vocoder(args.checkpoint, "cpu", torch.float32, settings=settings)
-    vocoder.engine = engine_from_float32(read_checkpoint(vocoder.path).build_model(), device,
-                                         DTYPES[args.precision], args.engine, Path(args.cache))
+    vocoder = load_vocoder(args.checkpoint, "cpu", precision="fp32", settings=settings)
+    model = read_checkpoint(vocoder.path).build_model()
+    pick = choose_engine(model, device, args.precision, args.engine, SigmaPolicy.SAMPLING).first
+    vocoder = vocoder.with_engine(build_engine(pick, model, Path(args.cache)))
     batch = BatchOptions.for_device(device, vocoder.engine.config)
-    job = synthesis_job(vocoder, SynthesisOptions(sigma=0.6, seed=1), batch, first_piece=0)
+    job = synthesis_job(vocoder, SynthesisOptions(sigma=0.6, seed=1), batch,
+                        output=OutputOptions(first_piece=0))
     items = discover([args.mels], MEL_SUFFIXES)
     outputs = plan_outputs(items, args.output, ".wav")
     loaded = time.perf_counter()
@@ -328,7 +334,7 @@ def snr_trained(args: argparse.Namespace, size: dict, cache: Path, home: Path) -
 
 
 def targets(results: dict) -> dict:
-    """The issue's targets, judged on this run's figures (None where a section failed)."""
+    """The GPU targets, judged on this run's figures (None where a section failed)."""
     judged: dict = {}
     runs = results.get("bench", {}).get("runs", [])
     if runs:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 16, run first whenever a GPU is at hand (under 8 minutes on an
+# The GPU check, run first whenever a GPU is at hand (under 8 minutes on an
 # H100/H200):
 #
 #   bash scripts/device_check.sh OUTDIR [--device cuda] [--short] [--compile] [--tests-cap S]
@@ -113,7 +113,7 @@ ARGS=(run --out "$OUTDIR" --device "$DEVICE" --tests-json "$WORK/tests.json"
 [ "$COMPILE" = 1 ] && ARGS+=(--compile)
 "$PYTHON" "$HERE/device_check.py" "${ARGS[@]}" || STATUS=1
 
-# -- 4. ONNX on the GPU (issue 19): onnxruntime's CUDA provider and TensorRT, into the log ------
+# -- 4. ONNX on the GPU: onnxruntime's CUDA provider and TensorRT, into the log -----------------
 # Exports the bundled demo model (CPU work, ~40 s), checks onnxruntime-gpu against the torch
 # engine when that provider exists, and builds + times TensorRT engines with the shape profile
 # of synth's GPU bucketing (8 x 2048 frames at most) when trtexec exists.  Each part is skipped

@@ -9,7 +9,7 @@ between the clip and the result.  Two references put the number in context:
 * Griffin-Lim: the same mel inverted by librosa (slaney mel pseudo-inverse, 60 iterations);
 * a wrong mel: the checkpoint fed the mel of *another* clip (what an unrelated signal scores).
 
-It also reports, with the same noise, the SNR of the CPU bf16 fast path against fp32 (issue 6's
+It also reports, with the same noise, the SNR of the CPU bf16 fast path against fp32 (the
 reduced-precision check on trained weights).  A table goes to stdout, then one JSON line.
 """
 from __future__ import annotations

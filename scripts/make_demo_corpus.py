@@ -1,4 +1,4 @@
-"""Make the speech corpus the shipped `demo` model is trained on (issue 7).
+"""Make the speech corpus the shipped `demo` model is trained on.
 
 The project cannot ship or download recordings, so it speaks its own: espeak-ng (Debian package
 `espeak-ng`, GPL; its output is ours to use) reads sentences taken from the docstrings of

@@ -165,3 +165,16 @@ def run_cli(*args, input=None, env=None, cwd=None):
     full_env = {**os.environ, "WAVEGLOW_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "waveglow_cli", *map(str, args)], input=input,
                           capture_output=True, env=full_env, cwd=cwd, timeout=300)
+
+
+def engine_of(source, device, dtype, kind: str = "auto", cache_dir=None):
+    """The engine the selection table picks for ``source`` (a checkpoint or a float32 model:
+    a checkpoint's is built first; a model's eager engine casts and moves that module) on
+    ``device`` in ``dtype``, or the ``kind`` asked for: what the loader builds first."""
+    from waveglow_cli.checkpoints.reader import Checkpoint
+    from waveglow_cli.engines.devices import precision_name
+    from waveglow_cli.engines.select import build_engine, choose_engine
+
+    model = source.build_model() if isinstance(source, Checkpoint) else source
+    pick = choose_engine(model, device, precision_name(dtype), kind).first
+    return build_engine(pick, model, cache_dir)

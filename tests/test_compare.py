@@ -1,4 +1,4 @@
-"""`waveglow compare` (issue 18): identical files give zero distances, speech against noise large
+"""`waveglow compare`: identical files give zero distances, speech against noise large
 ones, folders are matched by relative path, and bad inputs are one line each with the usual
 exit codes.  In process (typer's runner); the pitch metrics (pyin, the slow part) run in one
 test only."""

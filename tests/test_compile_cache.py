@@ -1,4 +1,4 @@
-"""The compile cache (issue 24): what is in it runs, so it is ours alone.
+"""The compile cache (the second hardening round): what is in it runs, so it is ours alone.
 
 ``--engine compiled`` keeps inductor's code in ``$WAVEGLOW_HOME/compile-cache``: a line
 appended to a cached ``.py`` or a pickle in place of an FX graph entry runs on the next compile.
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import engine_of
 
 from waveglow_cli.analysis.bench import random_model
 from waveglow_cli.checkpoints.reader import save_checkpoint
 from waveglow_cli.engines.gpu import check_compile_cache, prepare_compile_cache
-from waveglow_cli.engines.select import engine_from_float32
 from waveglow_cli.errors import UsageError
 from waveglow_cli.model.waveglow import WaveGlowConfig
 from waveglow_cli.settings import Settings, compile_cache_environment
@@ -103,7 +103,7 @@ def test_unsafe_caches_and_homes_are_refused_and_safe_ones_made_0700(tmp_path, s
     cache.mkdir()
     cache.chmod(0o757)  # writable by others
     with pytest.raises(UsageError, match="writable by its group or others"):
-        engine_from_float32(small_model, "cpu", torch.float32, "compiled", cache)
+        engine_of(small_model, "cpu", torch.float32, "compiled", cache)
     cache.chmod(0o755)  # what earlier versions made: readable, taken back to 0700
     prepare_compile_cache(cache)
     assert stat.S_IMODE(os.lstat(cache).st_mode) == 0o700

@@ -1,4 +1,4 @@
-"""Mels of other toolkits' conventions (issue 18): every preset converts speech to within a bound
+"""Mels of other toolkits' conventions: every preset converts speech to within a bound
 of our own mel of the same audio; the TOML form round-trips; statistics are undone; the
 synthesis job and `waveglow mel --from` read them; bad conventions are one clear line.
 
@@ -358,7 +358,7 @@ def short_clip(tmp_path: Path, seconds: float = 0.5) -> Path:
 
 
 def test_a_synthesis_job_vocodes_a_vocos_mel(demo, tmp_path):
-    """SynthesisInputReader(convention=...) reads the 100-band mel, converts it, and the job
+    """SynthesisInputReader(converter=...) reads the 100-band mel, converts it, and the job
     vocodes it like our own mel of the same audio."""
     from waveglow_cli.analysis.quality import log_mel_distance
     from waveglow_cli.features.inputs import SynthesisInputReader, mel_converter
@@ -368,7 +368,7 @@ def test_a_synthesis_job_vocodes_a_vocos_mel(demo, tmp_path):
     clip = short_clip(tmp_path)
     np.save(tmp_path / "v.npy", vocos_mel(clip).astype(np.float32))
     converter = mel_converter("vocos", demo.mel_config)
-    reader = SynthesisInputReader(demo.mel_config, convention=converter)
+    reader = SynthesisInputReader(demo.mel_config, converter=converter)
     mel, notes = reader(tmp_path / "v.npy", "v.npy")
     assert mel.shape[0] == 80 and notes == []
     assert distance(mel, tacotron2_mel(clip)) <= BOUND_NATS

@@ -1,5 +1,5 @@
 """The `demo` checkpoint shipped in the package: offline use, copy-synthesis quality on speech
-it never saw, and the CPU bf16 fast path's quality on trained weights (issue 6)."""
+it never saw, and the CPU bf16 fast path's quality on trained weights."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ HELD_OUT = sorted((Path(__file__).parent / "data" / "heldout_speech").glob("*.fl
 MAX_LOG_MEL_DISTANCE = 1.8
 # The mel of another clip is 0.52-0.59 nats worse on these clips (0.22-1.2 on all 40).
 MIN_WRONG_MEL_MARGIN = 0.25
-BF16_MIN_SNR_DB = 30.0  # issue 6: reduced precision must stay >= 30 dB from fp32
+BF16_MIN_SNR_DB = 30.0  # reduced precision must stay >= 30 dB from fp32
 
 
 def read(path: Path) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_copy_synthesis_of_held_out_speech_through_the_cli(tmp_path):
 
 
 def test_bf16_fast_path_quality_on_trained_weights(tmp_path):
-    """Issue 6: with the same noise, the CPU bf16 path is >= 30 dB SNR from fp32 on the trained
+    """With the same noise, the CPU bf16 path is >= 30 dB SNR from fp32 on the trained
     demo model."""
     settings = Settings(home=tmp_path / "home", registry_file=None, offline=True, mirror=None,
                         debug=False)

@@ -1,4 +1,4 @@
-"""``scripts/device_check.sh``, the GPU check of issue 16, dry-run on the CPU (``--device cpu
+"""``scripts/device_check.sh``, the GPU check, dry-run on the CPU (``--device cpu
 --short``: a tiny model, tiny sizes) so that it cannot rot between the rare times a GPU is at
 hand: it must finish and write its JSON with every section present and its log."""
 

@@ -1,4 +1,4 @@
-"""Every exactness property, on every device present (issue 16): the CPU here, and CUDA or MPS
+"""Every exactness property, on every device present: the CPU here, and CUDA or MPS
 wherever the suite runs on one (``scripts/device_check.sh`` runs it on a GPU).
 
 Each test computes on ``device`` and compares with the CPU float32 result or NVIDIA's
@@ -56,14 +56,15 @@ def test_masked_batch_equals_items_alone(reference_models, device):
 def test_chunked_and_batched_synthesis_equals_the_cpu(tiny_checkpoint, device):
     """The Synthesizer (noise by position, pieces with margins, masked batches, streaming
     plan) on ``device`` against the CPU's whole-item synthesis."""
+    from conftest import engine_of
+
     from waveglow_cli.checkpoints.reader import read_checkpoint
-    from waveglow_cli.engines.select import select_engine
     from waveglow_cli.synthesis.plans import BatchOptions, context_margin
     from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
 
     checkpoint = read_checkpoint(tiny_checkpoint)
-    cpu = select_engine(checkpoint, "cpu", torch.float32)
-    here = select_engine(checkpoint, device, torch.float32)
+    cpu = engine_of(checkpoint, "cpu", torch.float32)
+    here = engine_of(checkpoint, device, torch.float32)
     rng = np.random.default_rng(13)
     items = [(f"{n}.npy", rng.standard_normal((TINY["n_mel_channels"], n)).astype(np.float32))
              for n in (150, 37, 90)]
@@ -78,13 +79,14 @@ def test_chunked_and_batched_synthesis_equals_the_cpu(tiny_checkpoint, device):
 
 
 def test_denoiser_on_the_device_equals_the_cpu(tiny_checkpoint, device):
+    from conftest import engine_of
+
     from waveglow_cli.checkpoints.reader import read_checkpoint
-    from waveglow_cli.engines.select import select_engine
     from waveglow_cli.synthesis.denoiser import Denoiser
 
     checkpoint = read_checkpoint(tiny_checkpoint)
-    cpu = Denoiser.for_engine(select_engine(checkpoint, "cpu", torch.float32))
-    here = Denoiser.for_engine(select_engine(checkpoint, device, torch.float32))
+    cpu = Denoiser.for_engine(engine_of(checkpoint, "cpu", torch.float32))
+    here = Denoiser.for_engine(engine_of(checkpoint, device, torch.float32))
     audio = 0.3 * torch.randn(1, 9000, generator=torch.Generator().manual_seed(3))
     _close(here(audio.to(device), 0.1), cpu(audio, 0.1))
 

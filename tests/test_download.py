@@ -763,7 +763,7 @@ def test_quick_start_fetch_then_synth(srv, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Every failed fetch names the way forward (issue 15, item 1)
+# Every failed fetch names the way forward
 
 WAYS = (b"-c demo", b"WAVEGLOW_MIRROR", b"-c PATH")
 

@@ -1,4 +1,4 @@
-"""`waveglow export` (issue 19): ONNX files that run through onnxruntime exactly as our synthesis.
+"""`waveglow export`: ONNX files that run through onnxruntime exactly as our synthesis.
 
 Tiny checkpoints of every layout are exported, run with onnxruntime directly (inputs mel, z,
 lengths, sigma; output audio) and through ``waveglow synth -c model.onnx``, and compared with
@@ -18,13 +18,12 @@ pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import reference_glow as R  # noqa: E402
-from conftest import TINY, run_cli, save_nvidia_pickle  # noqa: E402
+from conftest import TINY, engine_of, run_cli, save_nvidia_pickle  # noqa: E402
 
 from waveglow_cli.checkpoints.download import sha256_file  # noqa: E402
 from waveglow_cli.checkpoints.reader import Checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
 from waveglow_cli.engines.base import EagerEngine, Engine  # noqa: E402
 from waveglow_cli.engines.onnx import OnnxEngine, is_onnx_file  # noqa: E402
-from waveglow_cli.engines.select import select_engine
 from waveglow_cli.errors import CheckpointError, OutputExistsError  # noqa: E402
 from waveglow_cli.features.mel import MelConfig  # noqa: E402
 from waveglow_cli.jobs import export as onnx_export  # noqa: E402
@@ -175,7 +174,7 @@ def test_every_layout_exports_and_equals_the_torch_engine(tmp_path, reference_mo
         out = tmp_path / f"{name}.onnx"
         report = export_onnx(str(source), out, settings=offline(tmp_path))
         assert report.verification.max_abs_diff <= 1e-4, name
-        torch_engine = select_engine(read_checkpoint(source), "cpu", torch.float32)
+        torch_engine = engine_of(read_checkpoint(source), "cpu", torch.float32)
         onnx_engine = OnnxEngine(out)
         assert isinstance(onnx_engine, Engine)
         for sigma in (0.0, 0.6):
@@ -196,7 +195,7 @@ def test_denoiser_chunking_and_batching_match_the_torch_engine(exported, tiny_ch
                       settings=offline(Path(exported).parent))
     ox = load_vocoder(str(exported), "cpu", precision="fp32", denoise=True,
                       settings=offline(Path(exported).parent))
-    assert isinstance(ox.engine, OnnxEngine) and ox.checkpoint.state_dict == {}
+    assert isinstance(ox.engine, OnnxEngine) and not ox.has_weights
     options = SynthesisOptions(sigma=0.6, seed=2, denoiser_strength=0.1)
     batch = BatchOptions(batch_size=4, max_frames=24, batch_frames=96)  # pieces and batches
     items = [(f"u{i}", random_mel(20 + i, frames)) for i, frames in enumerate((50, 13, 7))]
@@ -220,7 +219,7 @@ def test_fp16_with_a_fixed_batch(tmp_path, tiny_checkpoint):
     items = [(f"u{i}", random_mel(30 + i, frames)) for i, frames in enumerate((11, 5, 8))]
     options = SynthesisOptions(sigma=0.6, seed=4)
     together = dict(Synthesizer(engine, options, BatchOptions(batch_size=3)).run(items))
-    torch_engine = select_engine(read_checkpoint(tiny_checkpoint), "cpu", torch.float32)
+    torch_engine = engine_of(read_checkpoint(tiny_checkpoint), "cpu", torch.float32)
     for key, mel in items:
         alone = synthesize(engine, mel, options, key=key)
         assert np.abs(together[key] - alone).max() <= 1e-4
@@ -393,7 +392,7 @@ def test_commands_that_need_weights_name_an_onnx_file_for_what_it_is(exported, t
 
 
 def test_info_shows_what_an_onnx_export_declares(exported, tiny_checkpoint):
-    """issue 27: `info model.onnx` shows the export's metadata instead of refusing it."""
+    """`info model.onnx` shows the export's metadata instead of refusing it."""
     r = run_cli("info", exported, "--json", env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import run_cli
+from conftest import engine_of, run_cli
 
 from waveglow_cli.analysis.bench import random_model, synthetic_mel
 from waveglow_cli.analysis.quality import snr_db
 from waveglow_cli.checkpoints.reader import Checkpoint
 from waveglow_cli.engines.base import EagerEngine, Engine
 from waveglow_cli.engines.packed import FastWaveGlow
-from waveglow_cli.engines.select import as_engine, select_engine
+from waveglow_cli.engines.select import as_engine
 from waveglow_cli.model.waveglow import WaveGlowConfig
 from waveglow_cli.synthesis.plans import BatchOptions
 from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer, synthesize
@@ -122,13 +122,13 @@ def test_checkpoint_engine_is_the_fast_path_for_bf16_on_cpu(model, inputs):
     its float32 weights (float32 1x1 inverses); synthesis with it is close to float32 synthesis,
     batched or not."""
     checkpoint = Checkpoint(TINY, {k: v.clone() for k, v in model.state_dict().items()})
-    fast = select_engine(checkpoint, "cpu", torch.bfloat16)
+    fast = engine_of(checkpoint, "cpu", torch.bfloat16)
     assert isinstance(fast, FastWaveGlow) and isinstance(fast, Engine)
     assert fast.device == torch.device("cpu") and fast.dtype == torch.bfloat16
     assert fast.flows[0].inverse_t.dtype == torch.float32
-    exact = select_engine(checkpoint, "cpu", torch.float32)  # float32: the fast path's layout too
+    exact = engine_of(checkpoint, "cpu", torch.float32)  # float32: the fast path's layout too
     assert isinstance(exact, FastWaveGlow) and exact.dtype == torch.float32
-    assert isinstance(select_engine(checkpoint, "cpu", torch.float32, "eager"), EagerEngine)
+    assert isinstance(engine_of(checkpoint, "cpu", torch.float32, "eager"), EagerEngine)
     mel, _, lengths = inputs
     items = [(f"m{b}", mel[b, :, :f].numpy()) for b, f in enumerate(lengths.tolist())]
     options = SynthesisOptions(sigma=0.6, seed=4)
@@ -154,7 +154,7 @@ def test_an_engine_folded_after_a_weight_change_has_the_new_weights(model):
     mel = torch.from_numpy(synthetic_mel(TINY.n_mel_channels, 12))
     with torch.inference_mode():
         expected = torch.from_numpy(other.infer(mel[None], 0.0)[0].numpy())
-    for engine in (bf16, select_engine(Checkpoint(TINY, other.state_dict()), "cpu", torch.bfloat16)):
+    for engine in (bf16, engine_of(Checkpoint(TINY, other.state_dict()), "cpu", torch.bfloat16)):
         audio = synthesize(engine, mel, SynthesisOptions(sigma=0.0))
         assert snr_db(expected, torch.from_numpy(audio)) >= 30
     stale = synthesize(first, mel, SynthesisOptions(sigma=0.0))
@@ -237,15 +237,25 @@ def test_auto_precision_policy_of_synth(tiny_checkpoint, tmp_path):
     assert np.array_equal(sampled, bf16 if cpu_has_fast_bf16() else fp32)
 
 
-def test_pick_dtype_auto():
-    from waveglow_cli.engines.devices import cpu_has_fast_bf16, pick_dtype
+def test_auto_precision_is_one_table():
+    """``auto`` means one thing for the library, synth, serve and bench: the table's bf16 for
+    sampled noise on a CPU with native bf16 only, float32 at sigma 0 everywhere; a server
+    (either kind of noise) holds both picks; an asked precision applies to both."""
+    from waveglow_cli.engines.devices import cpu_has_fast_bf16
+    from waveglow_cli.engines.select import SigmaPolicy, choose_engine
 
-    cpu = torch.device("cpu")
-    assert pick_dtype("auto", cpu, sigma=0.0) == torch.float32
-    assert pick_dtype("auto", cpu) == torch.float32  # no sigma known: the exact path
-    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    assert pick_dtype("auto", cpu, sigma=0.6) == expected
-    assert pick_dtype("auto", torch.device("cuda"), sigma=0.6) == torch.float32
-    assert pick_dtype("fp16", cpu, sigma=0.0) == torch.float16
+    model = Checkpoint(TINY, {})
+    fast = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    exact = choose_engine(model, "cpu", sigma=SigmaPolicy.of(0.0))
+    assert exact.first.dtype == torch.float32 and exact.first.kind == "packed"
+    sampling = choose_engine(model, "cpu", sigma=SigmaPolicy.of(0.6))
+    assert sampling.first.dtype == fast
+    either = choose_engine(model, "cpu")
+    assert (either.for_sigma(0.6).dtype, either.for_sigma(0.0).dtype) == (fast, torch.float32)
+    cuda = choose_engine(model, "cuda", sigma=SigmaPolicy.SAMPLING).first
+    assert (cuda.kind, cuda.dtype) == ("eager", torch.float32)
+    fp16 = choose_engine(model, "cpu", "fp16")
+    assert {fp16.sampling.dtype, fp16.exact.dtype} == {torch.float16}
+    assert fp16.first.kind == "eager"  # the packed rows run fp32 and bf16 only
     with pytest.raises(ValueError, match="unknown precision"):
-        pick_dtype("fp64", cpu)
+        choose_engine(model, "cpu", "fp64")

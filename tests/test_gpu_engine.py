@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import reference_glow as R
 import torch
-from conftest import available_devices, run_cli
+from conftest import available_devices, engine_of, run_cli
 
 from waveglow_cli.analysis.bench import random_model, synthetic_mel
 from waveglow_cli.analysis.quality import snr_db
@@ -19,7 +19,7 @@ from waveglow_cli.checkpoints.reader import infer_config, normalize_state_dict
 from waveglow_cli.engines.base import EagerEngine, Engine
 from waveglow_cli.engines.gpu import GpuEngine, bucket_rows
 from waveglow_cli.engines.packed import FastWaveGlow
-from waveglow_cli.engines.select import ENGINE_KINDS, engine_from_float32
+from waveglow_cli.engines.select import ENGINE_KINDS
 from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig
 from waveglow_cli.synthesis.plans import BatchOptions
 from waveglow_cli.synthesis.synthesizer import SynthesisOptions, Synthesizer
@@ -152,24 +152,24 @@ def test_engine_kinds(model):
     assert ENGINE_KINDS == ("auto", "eager", "packed", "gpu", "compiled")
     for dtype in (torch.float32, torch.bfloat16):
         for kind in ("auto", "packed"):
-            chosen = engine_from_float32(model, "cpu", dtype, kind)
+            chosen = engine_of(model, "cpu", dtype, kind)
             assert isinstance(chosen, FastWaveGlow) and chosen.dtype == dtype
-    assert isinstance(engine_from_float32(model, "cpu", torch.float32, "eager"), EagerEngine)
+    assert isinstance(engine_of(model, "cpu", torch.float32, "eager"), EagerEngine)
     with pytest.raises(ValueError, match="packed engine"):
-        engine_from_float32(model, "cpu", torch.float16, "packed")
+        engine_of(model, "cpu", torch.float16, "packed")
     # (The eager engine casts the module it is given: a copy, so the fixture stays float32.)
-    eager = engine_from_float32(copy.deepcopy(model), "cpu", torch.bfloat16, "eager")
+    eager = engine_of(copy.deepcopy(model), "cpu", torch.bfloat16, "eager")
     assert isinstance(eager, EagerEngine) and eager.dtype == torch.bfloat16
-    gpu = engine_from_float32(model, "cpu", torch.float16, "gpu")
+    gpu = engine_of(model, "cpu", torch.float16, "gpu")
     assert isinstance(gpu, GpuEngine) and not gpu.compiled and gpu.dtype == torch.float16
-    compiled = engine_from_float32(model, "cpu", torch.float32, "compiled", Path("/nonexistent"))
+    compiled = engine_of(model, "cpu", torch.float32, "compiled", Path("/nonexistent"))
     assert isinstance(compiled, GpuEngine) and compiled.compiled  # nothing compiled yet
     if torch.cuda.is_available():
-        assert isinstance(engine_from_float32(copy.deepcopy(model), "cuda", torch.float16),
+        assert isinstance(engine_of(copy.deepcopy(model), "cuda", torch.float16),
                           EagerEngine)
     assert next(model.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="unknown engine"):
-        engine_from_float32(model, "cpu", torch.float32, "fastest")
+        engine_of(model, "cpu", torch.float32, "fastest")
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -184,7 +184,7 @@ def test_compiled_with_inductor_on_the_cpu(tmp_path, exact_float32):
                             n_early_size=2, n_layers=2, n_channels=8)
     small = random_model(config, seed=5, end_scale=0.3)
     cache = tmp_path / "compile-cache"
-    engine = engine_from_float32(small, "cpu", torch.float32, "compiled", cache)
+    engine = engine_of(small, "cpu", torch.float32, "compiled", cache)
     assert isinstance(engine, GpuEngine)
     engine.buckets = (1024,)  # one shape: one compile
     mel, z, lengths = batch_of(config, [20, 9])

@@ -1,4 +1,4 @@
-"""``--help`` of every command reads whole at 80 columns (issue 27, item 2).
+"""``--help`` of every command reads whole at 80 columns.
 
 The commands are found by walking the app's click group, so a command added later is checked
 too.  What is checked: no line wider than the terminal, no "…" or "..." cut, every option's

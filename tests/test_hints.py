@@ -1,4 +1,4 @@
-"""Hints where a newcomer found none (issue 27, items 5, 8 and 9; issue 28, item 5): each
+"""Hints where a newcomer found none (the second newcomer round and the release round): each
 case is provoked through the command line and the message must say what to do or why."""
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_f0_reason_when_both_are_voiced_but_never_at_once():
 
 
 def test_info_says_when_a_model_has_no_early_outputs(tmp_path, env):
-    """issue 28: four flows with an early output every four leave none."""
+    """Four flows with an early output every four leave none."""
     from waveglow_cli.checkpoints.reader import save_checkpoint
     from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig
 

@@ -1,6 +1,6 @@
 """Hostile checkpoints built by hand: each must fail with one named line and change nothing.
 
-These are the attacks of issue 13 against the checkpoint reader: torch's own containers (the
+These are the first hardening round's attacks against the checkpoint reader: torch's own containers (the
 torch<=0.3 tar container, the legacy stream, the zip archive) parsed by ``torch.load`` reached
 code that extracts archives and writes files; the allow-list unpickler let a pickle mutate the
 callables it allows and allocate whatever it asked for.  Every file here is built in the test

@@ -1,4 +1,4 @@
-"""Hostile registries, servers and cache records (issue 13): each attack is built here by hand
+"""Hostile registries, servers and cache records (the first hardening round): each attack is built here by hand
 against the fault-injecting server of test_download.py, and the outcome asserted: nothing
 written outside the cache, nothing kept that was refused, no hang, one line naming the cause,
 and the good path beside it still working.  Nothing but 127.0.0.1 is ever contacted."""

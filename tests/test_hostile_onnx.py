@@ -1,4 +1,4 @@
-"""Hostile ONNX files (issue 24): an .onnx file is a checkpoint too, so it is untrusted.
+"""Hostile ONNX files: an .onnx file is a checkpoint too, so it is untrusted.
 
 Every file here is built by hand with ``onnx.helper``: a lookalike of a ``waveglow export`` (our
 inputs, output and metadata) whose audio is a tensor stored outside the file, in a secret file

@@ -1,4 +1,4 @@
-"""Hostile files in the places the side-file work (issue 24) had not reached: training file
+"""Hostile files in the places the side-file work had not reached: training file
 lists and the audio files they name, a ``--resume`` run folder (run.json, metrics.jsonl, the
 training state), and the checkpoint cache's bookkeeping (the lock's owner file, a partial
 download and its URL record, metadata.json).

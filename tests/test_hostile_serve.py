@@ -1,4 +1,4 @@
-"""``waveglow serve`` under hostile clients (issue 24): a real server on 127.0.0.1 and raw-socket
+"""``waveglow serve`` under hostile clients: a real server on 127.0.0.1 and raw-socket
 clients that send oversized or stalled bodies, hold idle and half-sent connections, run the
 server out of file descriptors, and trickle a body while it is told to stop.
 

@@ -1,4 +1,4 @@
-"""Hostile side files and decoded audio (issue 24, "Side files and decoded audio").
+"""Hostile side files and decoded audio (the second hardening round).
 
 Every side file read whole (a mel convention TOML, ``--mel-stats``, ``WAVEGLOW_REGISTRY``) goes
 through one bounded open, and plot inputs through the inputs' own: a name that leads to

@@ -11,9 +11,11 @@ import pytest
 import soundfile as sf
 from conftest import TINY
 
+from waveglow_cli.jobs.summary import JobProgress
 
-class Recorder:
-    """A JobProgress that remembers every call."""
+
+class Recorder(JobProgress):
+    """A JobProgress that remembers every call (the audio reports: the protocol's no-ops)."""
 
     def __init__(self) -> None:
         self.advances: list[float | None] = []
@@ -94,9 +96,10 @@ def test_a_folder_job_gives_per_item_results_and_a_summary(vocoder, folder, tmp_
 
     # again: every output exists; skipped under the skip policy, kept and counted apart by
     # default (not failed: only the unreadable input fails again)
-    from waveglow_cli.jobs.core import OutputPolicy
+    from waveglow_cli.jobs.core import OutputOptions, OutputPolicy
 
-    again = synthesis_job(vocoder, policy=OutputPolicy(skip_existing=True)).run(items, outputs)
+    again = synthesis_job(vocoder, output=OutputOptions(policy=OutputPolicy(skip_existing=True))
+                          ).run(items, outputs)
     assert (again.written, again.skipped, again.failed) == (0, 3, 1)
     kept = synthesis_job(vocoder).run(items, outputs)
     assert (kept.written, kept.existing, kept.skipped, kept.failed) == (0, 3, 0, 1)
@@ -117,7 +120,7 @@ def test_fail_fast_stops_at_the_first_failure(vocoder, folder, tmp_path):
 def test_the_writer_is_a_parameter_and_streams_are_passed_in(vocoder):
     """A writer that keeps audio in memory (as a server would), and standard input/output as
     streams: the job's audio is the vocoder's."""
-    from waveglow_cli.jobs.core import Item, SynthesisJob, synthesis_job
+    from waveglow_cli.jobs.core import Item, StandardStreams, SynthesisJob, synthesis_job
     from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     stdin = io.BytesIO()
@@ -125,7 +128,7 @@ def test_the_writer_is_a_parameter_and_streams_are_passed_in(vocoder):
     stdin.seek(0)
     keep = KeepAudio()
     options = SynthesisOptions(sigma=0.6, seed=3)
-    job = synthesis_job(vocoder, options, writer=keep, stdin=stdin)
+    job = synthesis_job(vocoder, options, writer=keep, streams=StandardStreams(stdin=stdin))
     assert isinstance(job, SynthesisJob)
     summary = job.run([Item(None, "-")], [None])
     assert summary.written == 1
@@ -135,7 +138,7 @@ def test_the_writer_is_a_parameter_and_streams_are_passed_in(vocoder):
 
     stdin.seek(0)
     stdout = io.BytesIO()
-    summary = synthesis_job(vocoder, options, stdin=stdin, stdout=stdout).run(
+    summary = synthesis_job(vocoder, options, streams=StandardStreams(stdin, stdout)).run(
         [Item(None, "-")], [None])
     assert summary.written == 1
     audio, rate = sf.read(io.BytesIO(stdout.getvalue()), dtype="float32")

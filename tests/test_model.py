@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import reference_glow as R
 import torch
+from conftest import engine_of
 
 from waveglow_cli.checkpoints.reader import infer_config, normalize_state_dict
-from waveglow_cli.engines.select import select_engine
 from waveglow_cli.model.waveglow import WaveGlow, WaveGlowConfig, waveglow_loss
 
 
@@ -58,7 +58,7 @@ def test_the_default_cpu_engine_matches_the_reference(reference_models, layout, 
 
     ref = reference_models[(layout, old)]
     ours = ours_from_reference(ref, old)
-    engine = select_engine(Checkpoint(ours.config, ours.state_dict()), "cpu", torch.float32)
+    engine = engine_of(Checkpoint(ours.config, ours.state_dict()), "cpu", torch.float32)
     assert isinstance(engine, FastWaveGlow) and engine.dtype == torch.float32
     torch.manual_seed(2)
     mel = torch.randn(2, 4, 11)

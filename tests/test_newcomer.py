@@ -1,4 +1,4 @@
-"""A newcomer's path (issue 15): messages only suggest flags the command has.
+"""A newcomer's path: messages only suggest flags the command has.
 
 Every message that names a flag is provoked through the real command line, and each flag it
 names must appear in that command's ``--help``.  A flag inside a quoted command

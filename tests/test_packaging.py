@@ -1,4 +1,4 @@
-"""The real artifacts (issue 28): ``python -m build`` makes an sdist and a wheel that pass
+"""The real artifacts: ``python -m build`` makes an sdist and a wheel that pass
 ``twine check``; the wheel holds everything that runs from it (checkpoints.toml, the demo
 weights, py.typed) and nothing else; installed into a fresh venv it runs from a folder outside
 the repository.  Many packaging bugs (a package-data glob, a file read relative to the repo)

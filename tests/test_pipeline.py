@@ -1,4 +1,4 @@
-"""The job's input/output pipeline (issue 16): reading and writing overlap with synthesis, in
+"""The job's input/output pipeline: reading and writing overlap with synthesis, in
 bounded amounts, and an interrupted or failing writer leaves nothing behind.
 
 These tests prove overlap by order, not by timing: a writer that will not finish its item until

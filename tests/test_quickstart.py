@@ -1,4 +1,4 @@
-"""The README's quick start, run twice and both blocks in order (issue 27, item 4).  A rerun
+"""The README's quick start, run twice and both blocks in order.  A rerun
 failed: `mels/speech1.npy: output exists; pass --overwrite`, `written 0, skipped 0, failed 2`,
 exit 1.  An existing output is now its own state: kept, counted as `exist`, one note for the
 run, exit 0.

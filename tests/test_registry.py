@@ -113,7 +113,7 @@ def test_a_damaged_bundled_file_is_named_by_fetch(tmp_path):
 
 
 def test_info_of_the_bundled_demo_shows_its_verified_sha256_size_and_file(tmp_path):
-    """issue 15, item 7: no cache folder, no `sha256: null`, no missing `sha256_of`."""
+    """A newcomer's `info`: no cache folder, no `sha256: null`, no missing `sha256_of`."""
     import json
 
     from typer.testing import CliRunner

@@ -1,4 +1,4 @@
-"""``waveglow serve`` (issue 17): the real server in a subprocess on 127.0.0.1, real HTTP
+"""``waveglow serve``: the real server in a subprocess on 127.0.0.1, real HTTP
 requests (http.client, in threads), no mocks.  Two servers for the whole module (each start
 pays the torch import): one with room for batching, one with a queue of one."""
 

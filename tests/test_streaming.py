@@ -1,4 +1,4 @@
-"""Streaming (issue 17): audio handed on piece by piece as it is made, byte-identical to files.
+"""Streaming: audio handed on piece by piece as it is made, byte-identical to files.
 
 A WAV stream's header states the exact length before the audio exists, so ``synth -o -`` can
 write each piece as it finishes; one input is made front to back in growing pieces (the first
@@ -202,7 +202,7 @@ def test_cancelled_items_stop_being_computed(vocoder):
 
 def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
     """Each piece is written and flushed as it is made, the header with the first one."""
-    from waveglow_cli.jobs.core import Item, synthesis_job
+    from waveglow_cli.jobs.core import Item, StandardStreams, synthesis_job
     from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     class Recorder(io.BytesIO):
@@ -215,7 +215,7 @@ def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
 
     out = Recorder()
     mel = _mel(600)
-    job = synthesis_job(vocoder, SynthesisOptions(seed=3), stdout=out)
+    job = synthesis_job(vocoder, SynthesisOptions(seed=3), streams=StandardStreams(stdout=out))
     job.load = lambda source, name: (mel, [])
     summary = job.run([Item(Path("x.npy"), "x.npy")], [None])
     assert summary.written == 1, summary.results
@@ -228,7 +228,7 @@ def test_one_item_job_writes_standard_output_piece_by_piece(vocoder):
 def test_a_file_is_made_whole_and_a_stream_in_pieces(vocoder, tmp_path):
     """One input to a file takes one forward pass of its frames; to standard output the ramp's
     three (each boundary adds context frames)."""
-    from waveglow_cli.jobs.core import Item, synthesis_job
+    from waveglow_cli.jobs.core import Item, StandardStreams, synthesis_job
     from waveglow_cli.synthesis.synthesizer import SynthesisOptions
 
     class Recording:
@@ -244,7 +244,7 @@ def test_a_file_is_made_whole_and_a_stream_in_pieces(vocoder, tmp_path):
     for target, stdout, plan in ((tmp_path / "x.wav", None, [600]), (None, io.BytesIO(), None)):
         recording = Recording(vocoder.engine)
         job = synthesis_job(vocoder.with_engine(recording), SynthesisOptions(seed=3),
-                            stdout=stdout)
+                            streams=StandardStreams(stdout=stdout))
         job.load = lambda source, name: (mel, [])
         assert job.run([Item(Path("x.npy"), "x.npy")], [target]).written == 1
         if plan is not None:

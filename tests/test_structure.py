@@ -194,6 +194,15 @@ def test_the_synth_command_only_declares_and_delegates() -> None:
     assert max(lines for _, _, lines in commands) <= MAX_SYNTH_COMMAND_LINES
 
 
+def test_command_line_functions_are_short() -> None:
+    """Every function of the command line (the commands, their helpers) fits on a screen: the
+    work is in helpers and the library, the commands declare and delegate."""
+    cli = [f for f in _functions()
+           if f[0] == f"{PACKAGE}.cli" or f[0].startswith(f"{PACKAGE}.cli.")]
+    assert len(cli) > 20, "no functions found under waveglow_cli.cli"
+    assert [f for f in cli if f[2] > MAX_CLI_FUNCTION_LINES] == []
+
+
 def _calls_named(tree: ast.Module, names: set[str]) -> list[int]:
     lines = []
     for node in ast.walk(tree):

@@ -1,4 +1,4 @@
-"""Progress within a forward pass (issue 27, item 3).  A file is synthesised in one forward pass,
+"""Progress within a forward pass.  A file is synthesised in one forward pass,
 so a bar that moved only when a file's audio arrived sat at 0 for most of a run.  Every engine
 now reports the fraction of a pass done after each flow (an ONNX graph at its end), the
 synthesizer turns it into samples, the job into seconds of the job's audio, and the bar shows

@@ -1,4 +1,4 @@
-"""One version and a distribution name of our own (issue 28): ``pyproject.toml`` holds the
+"""One version and a distribution name of our own: ``pyproject.toml`` holds the
 version, the installed metadata carries it to ``waveglow --version``, ``bench --json`` and the
 server's ``/v1/models``, and CHANGELOG.md has its section.  At start-up, another distribution
 that installed files into our ``waveglow_cli`` package (``waveglow-cli`` on the index ships

@@ -1,4 +1,4 @@
-"""What a vocoder from ``load_vocoder`` keeps in memory (issue 28): one copy of the weights,
+"""What a vocoder from ``load_vocoder`` keeps in memory: one copy of the weights,
 the engine's.  It used to keep the checkpoint's float32 tensors beside the engine built from
 them, and to hold the checkpoint, the model and the engine at once while building it (the
 256-channel model, 5 s of mel: 1.33 GiB peak RSS, now 0.97).  The weights are read from the

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["load_vocoder", "mel_spectrogram", "MelConfig", "Vocoder", "WaveGlow",
-           "WaveGlowConfig", "__version__"]
+__all__ = [
+    "MelConfig",
+    "Vocoder",
+    "WaveGlow",
+    "WaveGlowConfig",
+    "__version__",
+    "load_vocoder",
+    "mel_spectrogram",
+]
 
 if TYPE_CHECKING:
     from ._version import __version__
@@ -19,7 +26,8 @@ if TYPE_CHECKING:
 
 _LAZY = {"load_vocoder": "vocoder", "Vocoder": "vocoder", "mel_spectrogram": "features.mel",
          "MelConfig": "features.mel", "WaveGlow": "model.waveglow",
-         "WaveGlowConfig": "model.waveglow", "__version__": "_version"}  # read from the installed metadata when asked for
+         "WaveGlowConfig": "model.waveglow",
+         "__version__": "_version"}  # read from the installed metadata when asked for
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ the file it is about (where there is one) so the CLI can print one line that nam
 from __future__ import annotations
 
 import difflib
+import os
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,7 +65,7 @@ class WaveGlowError(Exception):
 class InputFileError(WaveGlowError, ValueError):
     """A file given to us cannot be used; ``path`` names it and ``reason`` says why."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

@@ -189,13 +189,14 @@ def refuse_non_regular(target: Path) -> None:
                                        "outputs are written only as regular files")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], *,
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], *,
                  overwrite: bool = False, mode: int | None = None) -> Path:
     """Run ``write(tmp)`` on a new temporary file beside ``path``, then publish it as ``path``.
 
-    ``write`` may reopen ``tmp`` by name (soundfile, matplotlib, safetensors do).  Without
-    ``overwrite`` an existing ``path`` raises :class:`OutputExistsError`, also when another
-    process created it while we were writing; with it the file is replaced atomically.  The
+    ``write`` may reopen ``tmp`` by name (soundfile, matplotlib, safetensors do); what it
+    returns is ignored (``Path.write_bytes`` returns a count).  Without ``overwrite`` an
+    existing ``path`` raises :class:`OutputExistsError`, also when another process created it
+    while we were writing; with it the file is replaced atomically.  The
     file's mode is ``mode`` or what the umask gives a new file.  A failure to write (an
     OSError, or a library's error on a full disk) raises :class:`OutputWriteError` naming
     ``path``; other errors of ``write`` propagate as they are.  Nothing is left behind."""
@@ -507,8 +508,26 @@ def read_side_text(path: str | os.PathLike[str], what: str, max_bytes: int, *,
                     f"{e.start})") from None
 
 
-__all__ = ["atomic_write", "write_json", "publish", "remove_files", "remove_stale_parts",
-           "part_name", "pid_alive", "new_file_mode", "current_umask", "refuse_non_regular",
-           "describe_os_error", "PART_SUFFIX", "file_kind", "read_side_file", "read_side_text",
-           "size_text", "READ_FLAGS", "open_checked", "read_capped", "open_side_file",
-           "replace_file"]
+__all__ = [
+    "PART_SUFFIX",
+    "READ_FLAGS",
+    "atomic_write",
+    "current_umask",
+    "describe_os_error",
+    "file_kind",
+    "new_file_mode",
+    "open_checked",
+    "open_side_file",
+    "part_name",
+    "pid_alive",
+    "publish",
+    "read_capped",
+    "read_side_file",
+    "read_side_text",
+    "refuse_non_regular",
+    "remove_files",
+    "remove_stale_parts",
+    "replace_file",
+    "size_text",
+    "write_json",
+]

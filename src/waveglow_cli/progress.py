@@ -22,42 +22,41 @@ def report_step(status: StatusCallback | None, text: str) -> None:
 
 
 class Progress(Protocol):
-    """What a download reports to.  Every method is optional on the object passed in."""
+    """What a download reports to.  A class that subclasses this protocol inherits a no-op for
+    each method it leaves out; an object passed in need not (see :class:`ProgressReporter`,
+    which calls only the methods it has, so a bare callable may stand for ``update``)."""
 
     def start(self, description: str, total: int | None, completed: int = 0) -> None:
         """A transfer (re)starts: ``total`` bytes expected (None: unknown), ``completed`` done."""
+        return None
 
     def update(self, advance: int) -> None:
         """``advance`` more bytes arrived."""
+        return None
 
     def finish(self) -> None:
         """No more transfers for now."""
+        return None
 
     def note(self, text: str) -> None:
         """A one-line message for the user (a retry, a fallback to another URL)."""
+        return None
 
 
-class NullProgress:
+class NullProgress(Progress):
     """Reports nothing."""
 
-    def start(self, description: str, total: int | None, completed: int = 0) -> None:
-        pass
 
-    def update(self, advance: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
+#: What a download may be given to report to: a :class:`Progress` (or an object with some of
+#: its methods), a bare callable told the byte counts, or None.
+ProgressTarget = Progress | Callable[[int], None] | None
 
 
 class ProgressReporter:
     """Calls whichever of start/update/finish/note ``target`` has; a bare callable gets
     ``update``'s byte counts; ``None`` gets nothing."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: ProgressTarget) -> None:
         self.target = target
 
     def _call(self, name: str, *args: Any) -> None:
@@ -82,4 +81,11 @@ class ProgressReporter:
         self._call("note", text)
 
 
-__all__ = ["Progress", "NullProgress", "ProgressReporter", "StatusCallback", "report_step"]
+__all__ = [
+    "NullProgress",
+    "Progress",
+    "ProgressReporter",
+    "ProgressTarget",
+    "StatusCallback",
+    "report_step",
+]

@@ -1,11 +1,12 @@
 """``waveglow bench``: synthesis speed on synthetic mels, next to the device's own matmul peak.
 
 Everything is measured in the same run: a warm-up, then ``repeats`` timed runs of the same
-batch through :class:`~waveglow_cli.synthesis.synthesizer.Synthesizer` (exactly what ``waveglow synth``
-runs, fast paths included), each ended by a device synchronisation (the audio is copied back to
-the host); the median is reported.  The model's cost per output sample is computed from its
-architecture (:meth:`~waveglow_cli.model.waveglow.WaveGlowConfig.flops_per_sample`), and the device's matmul peak
-in the same precision is measured with a large GEMM, so ``fraction_of_peak`` says how close
+batch through :class:`~waveglow_cli.synthesis.synthesizer.Synthesizer` (exactly what
+``waveglow synth`` runs, fast paths included), each ended by a device synchronisation (the audio
+is copied back to the host); the median is reported.  The model's cost per output sample is
+computed from its architecture
+(:meth:`~waveglow_cli.model.waveglow.WaveGlowConfig.flops_per_sample`), and the device's matmul
+peak in the same precision is measured with a large GEMM, so ``fraction_of_peak`` says how close
 synthesis gets to what the hardware does on the easiest possible work.
 
 The engine is the one ``synth`` would use, or one asked for (``--engine``: the eager model, the
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from .._version import package_version
 from ..engines.base import Engine
+from ..engines.devices import precision_name
 from ..engines.gpu import GpuEngine
 from ..engines.packed import FastWaveGlow
 from ..engines.select import as_engine
@@ -58,8 +60,10 @@ def random_model(config: WaveGlowConfig | None = None, seed: int = 0,
     model = WaveGlow(config)
     for name, p in model.named_parameters():
         if name.startswith("convinv"):
-            q = torch.linalg.qr(torch.randn(p.shape[:2], generator=generator, dtype=torch.float64))[0]
-            q = q + 0.2 * torch.randn(q.shape, generator=generator, dtype=torch.float64) / q.size(0) ** 0.5
+            q = torch.linalg.qr(
+                torch.randn(p.shape[:2], generator=generator, dtype=torch.float64))[0]
+            q = q + 0.2 * torch.randn(q.shape, generator=generator,
+                                      dtype=torch.float64) / q.size(0) ** 0.5
             p.copy_(q.unsqueeze(-1))
         elif name.endswith("bias"):
             p.copy_(0.1 * torch.randn(p.shape, generator=generator))
@@ -80,12 +84,13 @@ def random_engine(device: str | torch.device = "cpu", dtype: torch.dtype = torch
                   config: WaveGlowConfig | None = None, seed: int = 0, kind: str = "auto",
                   cache_dir: Path | None = None) -> Engine:
     """The engine of :func:`random_model` on ``device`` in ``dtype``, chosen as for a loaded
-    checkpoint (:meth:`Checkpoint.engine <waveglow_cli.checkpoints.reader.Checkpoint.engine>`: the
-    CPU bf16 fast path is folded from the float32 weights), or the ``kind`` asked for (see
-    :func:`~waveglow_cli.engines.select.engine_from_float32`)."""
-    from ..engines.select import engine_from_float32
+    checkpoint by :func:`~waveglow_cli.engines.select.choose_engine` (the CPU bf16 fast path
+    is folded from the float32 weights), or the ``kind`` asked for."""
+    from ..engines.select import build_engine, choose_engine
 
-    return engine_from_float32(random_model(config, seed), device, dtype, kind, cache_dir)
+    model = random_model(config, seed)
+    pick = choose_engine(model, device, precision_name(dtype), kind).first
+    return build_engine(pick, model, cache_dir)
 
 
 def baseline_reference(build: Callable[[dict[str, Tensor]], torch.nn.Module], model: WaveGlow,
@@ -252,7 +257,8 @@ def run_bench(engine: Engine | WaveGlow, sample_rate: int, options: BenchOptions
             for i in range(options.batch_size)]
     batching = BatchOptions(batch_size=options.batch_size,
                             batch_frames=max(BatchOptions().batch_frames,
-                                             options.batch_size * min(frames, BatchOptions().max_frames)))
+                                             options.batch_size
+                                             * min(frames, BatchOptions().max_frames)))
     synthesizer = Synthesizer(engine, SynthesisOptions(sigma=options.sigma, seed=0), batching)
     outputs: dict[str, np.ndarray] = {}
 
@@ -346,8 +352,3 @@ def _bench_reference(reference: Reference, mel: Tensor, z: Tensor, options: Benc
         "peak_memory_mib": memory,
         "memory_kind": memory_kind,
     }
-
-
-def precision_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16",
-            torch.bfloat16: "bf16"}.get(dtype, str(dtype))

@@ -1,5 +1,5 @@
 """How close resynthesised audio is to its source: the log-mel distance used for the demo
-model's copy-synthesis checks (issue 7) and the reduced-precision checks (issue 6)."""
+model's copy-synthesis checks and the reduced-precision checks on trained weights."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def log_mel_distance(reference: Tensor | np.ndarray, test: Tensor | np.ndarray,
 
 
 def snr_db(reference: Tensor | np.ndarray, test: Tensor | np.ndarray) -> float:
-    """10 log10(|reference|^2 / |test - reference|^2) over the samples both have (inf when equal)."""
+    """10 log10(|reference|^2 / |test - reference|^2) over the samples both have (inf when
+    equal)."""
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float64).flatten()
     out = torch.as_tensor(np.asarray(test), dtype=torch.float64).flatten()
     n = min(ref.numel(), out.numel())

@@ -17,7 +17,7 @@ import re
 import stat
 import tempfile
 from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -29,8 +29,16 @@ from ..fileio import (
 from ..fileio import file_kind as _file_kind
 from ..fileio import size_text as _size_text
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs is Python 3.13+
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
                   ".w64", ".caf")
+
+
+def _is_open_file(source: object) -> TypeIs[IO[bytes]]:
+    """``source`` is an open binary file (anything with ``read``), not a path or bytes."""
+    return hasattr(source, "read")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +71,7 @@ def spool(stream: IO[bytes], name: str, error: type[InputFileError] = InputFileE
           limit: int = PIPE_LIMIT_BYTES) -> IO[bytes]:
     """Copy a pipe (stdin, a FIFO) into an unlinked temporary file, refusing more than
     ``limit`` bytes; returns the file, at its start (seekable, memory-mappable)."""
-    out = tempfile.TemporaryFile()
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - returned open to the caller
     try:
         total = 0
         while True:
@@ -152,7 +160,7 @@ class LazyMel:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.data.shape  # type: ignore[return-value]
+        return self.data.shape
 
     def __getitem__(self, key: Any) -> np.ndarray:
         block = np.asarray(self.data[key])
@@ -193,12 +201,12 @@ def read_mel(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | Non
     if isinstance(source, (bytes, bytearray, memoryview)):
         name = name or "<stdin>"
         mel = _read_mel_from(io.BytesIO(bytes(source)), name, n_mels, layout, scale, notes)
-    elif hasattr(source, "read"):
+    elif _is_open_file(source):
         name = name or str(getattr(source, "name", "<input>"))
-        mel = _read_mel_from(source, name, n_mels, layout, scale, notes)  # type: ignore[arg-type]
+        mel = _read_mel_from(source, name, n_mels, layout, scale, notes)
     else:
         name = name or str(source)
-        with open_input(source, name, MelFileError) as f:  # type: ignore[arg-type]
+        with open_input(source, name, MelFileError) as f:
             mel = _read_mel_from(f, name, n_mels, layout, scale, notes)
     return mel if lazy else np.asarray(mel)
 
@@ -230,7 +238,8 @@ def _read_mel_from(f: IO[bytes], name: str, n_mels: int | None, layout: str, sca
     elif kind == "audio":
         raise MelFileError(name, "is an audio file, not a mel spectrogram")
     else:
-        raise MelFileError(name, "not a mel spectrogram (expected a .npy array or a torch .pt tensor)")
+        raise MelFileError(
+            name, "not a mel spectrogram (expected a .npy array or a torch .pt tensor)")
     array = _mel_shape(array, name, n_mels, layout, notes)
     factor = {"ln": 1.0, "log10": math.log(10.0), "db": math.log(10.0) / 20.0}[scale]
     mel = LazyMel(array, factor, mapping)
@@ -260,8 +269,8 @@ def _mel_shape(array: np.ndarray, name: str, n_mels: int | None, layout: str,
         raise MelFileError(name, f"mel has shape {array.shape}; expected (n_mels, frames)")
     if n_mels is not None and array.shape[0] != n_mels:
         if array.shape[1] == n_mels:
-            raise MelFileError(name, f"mel has shape {array.shape}: it looks like (frames, n_mels); "
-                                     f"expected ({n_mels}, frames), transpose it")
+            raise MelFileError(name, f"mel has shape {array.shape}: it looks like "
+                                     f"(frames, n_mels); expected ({n_mels}, frames), transpose it")
         raise MelFileError(name, f"mel has {array.shape[0]} channels on its first axis (shape "
                                  f"{array.shape}); the checkpoint expects {n_mels}")
     if array.shape[1] == 0:
@@ -316,11 +325,12 @@ def _load_npy(f: IO[bytes], name: str) -> tuple[np.ndarray, mmap.mmap | None]:
         raise MelFileError(name, f"truncated or corrupt .npy file: its header declares shape "
                                  f"{shape} of {dtype} ({_size_text(need)}) but the file holds "
                                  f"{_size_text(max(held, 0))} of data")
-    order = "F" if fortran else "C"
+    order: Literal["C", "F"] = "F" if fortran else "C"
     if count == 0:
         return np.zeros(shape, dtype=dtype, order=order), None
     if isinstance(f, io.BytesIO):
-        return np.ndarray(shape, dtype=dtype, buffer=f.getbuffer(), offset=offset, order=order), None
+        return np.ndarray(shape, dtype=dtype, buffer=f.getbuffer(), offset=offset,
+                          order=order), None
     try:
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
@@ -472,10 +482,10 @@ def _with_input(source: str | os.PathLike[str] | bytes | IO[bytes], name: str | 
     """``read(open binary file, name)`` on a path (devices refused), bytes or an open file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return read(io.BytesIO(bytes(source)), name or "<stdin>")
-    if hasattr(source, "read"):
+    if _is_open_file(source):
         return read(source, name or str(getattr(source, "name", "<input>")))
     name = name or str(source)
-    with open_input(source, name, AudioFileError) as f:  # type: ignore[arg-type]
+    with open_input(source, name, AudioFileError) as f:
         return read(f, name)
 
 

@@ -34,7 +34,8 @@ def output_format(path: str | os.PathLike[str], subtype: str) -> str:
         return "WAV"
     suffix = Path(path).suffix.lower()
     if suffix not in _FORMATS:
-        raise UsageError(f"{path}: unsupported output extension {suffix or '(none)'!r}; use .wav or .flac")
+        raise UsageError(f"{path}: unsupported output extension {suffix or '(none)'!r}; "
+                         "use .wav or .flac")
     fmt = _FORMATS[suffix]
     if fmt == "FLAC" and subtype not in ("PCM_16", "PCM_24"):
         raise UsageError(f"{path}: FLAC stores PCM_16 or PCM_24, not {subtype}")
@@ -130,7 +131,8 @@ class StreamEncoder:
         if self.fmt not in ("wav", "raw"):
             raise UsageError(f"cannot stream {self.fmt!r}; stream wav or raw")
         if self.subtype not in _WAV_SAMPLE:
-            raise UsageError(f"unknown subtype {self.subtype!r}; choose one of {', '.join(SUBTYPES)}")
+            raise UsageError(
+                f"unknown subtype {self.subtype!r}; choose one of {', '.join(SUBTYPES)}")
 
     @property
     def _width(self) -> int:

@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +360,7 @@ def _download_and_record(entry: RegistryEntry, settings: Settings, paths: CacheP
         if isinstance(e, (DownloadError, ChecksumMismatchError, CheckpointError)):
             raise with_way_forward(e, entry) from None
         raise
-    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
     meta = _convert_and_record(entry, settings, paths, check.checkpoint, got.sha256, got.size,
                                got.url, now)
     _report_download(entry, got, check.unreadable, reporter)
@@ -479,12 +479,12 @@ class _Verifier:
         except CheckpointError as e:
             return self._unloadable(e.reason, size, digest, disagreement)
         separate_copy = paths.converted.is_file() and paths.converted != paths.original
-        if disagreement and entry.sha256 is None and converted_ok and separate_copy:
-            # The safetensors copy still matches the record it was written with: the record is
-            # sound and the original changed since.  Proof, if its weights differ from the copy.
-            if self._differs_from_copy(checkpoint):
-                return (f"{paths.original.name} has sha256 {digest} ({disagreement}), and its "
-                        f"weights differ from the verified {paths.converted.name}"), ""
+        # The safetensors copy still matches the record it was written with: the record is
+        # sound and the original changed since.  Proof, if its weights differ from the copy.
+        if (disagreement and entry.sha256 is None and converted_ok and separate_copy
+                and self._differs_from_copy(checkpoint)):
+            return (f"{paths.original.name} has sha256 {digest} ({disagreement}), and its "
+                    f"weights differ from the verified {paths.converted.name}"), ""
         if not converted_ok and separate_copy:
             # No sound record of the copy: keep it if it holds the original's weights (it is
             # only rewritten when it must be).
@@ -620,6 +620,19 @@ def describe_cached(entry: RegistryEntry, settings: Settings) -> dict[str, Any]:
     }
 
 
-__all__ = ["cache_paths", "cached_file", "ensure_checkpoint", "fetch_checkpoint",
-           "remove_checkpoint", "read_metadata", "read_record", "describe_cached", "FetchResult",
-           "CachePaths", "sources_for", "way_forward", "with_way_forward", "reword_way_forward"]
+__all__ = [
+    "CachePaths",
+    "FetchResult",
+    "cache_paths",
+    "cached_file",
+    "describe_cached",
+    "ensure_checkpoint",
+    "fetch_checkpoint",
+    "read_metadata",
+    "read_record",
+    "remove_checkpoint",
+    "reword_way_forward",
+    "sources_for",
+    "way_forward",
+    "with_way_forward",
+]

@@ -300,5 +300,15 @@ class _Failures:
                              + "; ".join(self.reasons), self.reasons)
 
 
-__all__ = ["download", "Downloaded", "Source", "RetryPolicy", "Progress", "NullProgress",
-           "extract_member", "sha256_file", "confirmation_request", "partial_path"]
+__all__ = [
+    "Downloaded",
+    "NullProgress",
+    "Progress",
+    "RetryPolicy",
+    "Source",
+    "confirmation_request",
+    "download",
+    "extract_member",
+    "partial_path",
+    "sha256_file",
+]

@@ -11,8 +11,8 @@ Supported inputs (all untrusted):
 * our safetensors files (tensors in the fused layout + JSON metadata).
 
 Pickles go through :mod:`waveglow_cli.checkpoints.safe_pickle` and their containers are parsed by
-:mod:`waveglow_cli.checkpoints.torch_container` (never ``torch.load``); nothing from a file is ever executed,
-and what a load allocates is bounded by the file's size.
+:mod:`waveglow_cli.checkpoints.torch_container` (never ``torch.load``); nothing from a file is
+ever executed, and what a load allocates is bounded by the file's size.
 The architecture is read off the tensors; the pickled class (``glow`` vs ``glow_old``) decides
 the coupling semantics.
 """
@@ -138,7 +138,7 @@ def _read_opened(path: Path, f: BinaryIO, head: bytes, size: int) -> Checkpoint:
     if kind in ("torch-zip", "torch-legacy"):
         f.seek(0)
         return _read_torch_pickle(path, kind, f)
-    if Path(path).suffix.lower() == ".onnx" or head[:1] == b"\x08" and head[2:3] == b"\x12":
+    if Path(path).suffix.lower() == ".onnx" or (head[:1] == b"\x08" and head[2:3] == b"\x12"):
         # An ONNX ModelProto (ir_version, then producer_name): a `waveglow export` file.
         raise CheckpointError(path, "an ONNX export, not a checkpoint: it holds only the "
                                     "inference graph (synth -c FILE and serve -c FILE run it, "
@@ -151,7 +151,7 @@ def _read_opened(path: Path, f: BinaryIO, head: bytes, size: int) -> Checkpoint:
 def sniff_format(head: bytes, size: int) -> str:
     """'torch-zip', 'torch-legacy', 'safetensors', 'html', 'tar' or 'unknown' from the first
     bytes (512 of them to recognise a tar archive)."""
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "torch-zip"
     if is_tar_header(head[:512]):  # may well start with '}' or '(' (a member's name)
         return "tar"
@@ -259,7 +259,8 @@ def _checkpoint_from_object(path: Path, obj: Any, container: str) -> Checkpoint:
         what = type(outer).__name__
         keys = ", ".join(map(str, list(outer)[:6])) if isinstance(outer, Mapping) else ""
         raise CheckpointError(
-            path, f"not a WaveGlow checkpoint (holds a {what}{' with keys ' + keys if keys else ''})")
+            path,
+            f"not a WaveGlow checkpoint (holds a {what}{' with keys ' + keys if keys else ''})")
     return _finish(path, tensors, hints, source)
 
 
@@ -389,11 +390,12 @@ def _fuse_wn_layers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
                 for param in ("weight", "bias"):
                     parts = [res[(i, param)]] if i < n - 1 else []
                     out[f"WN.{k}.res_skip_layers.{i}.{param}"] = torch.cat(
-                        parts + [skip[(i, param)]])
+                        [*parts, skip[i, param]])
     return out
 
 
-def infer_config(sd: Mapping[str, Tensor], hints: Mapping[str, Any] | None = None) -> WaveGlowConfig:
+def infer_config(sd: Mapping[str, Tensor],
+                 hints: Mapping[str, Any] | None = None) -> WaveGlowConfig:
     """The architecture, read off a normalised state dict's tensor shapes."""
     hints = dict(hints or {})
     up = sd["upsample.weight"]
@@ -447,7 +449,8 @@ def _check_shapes(sd: dict[str, Tensor], config: WaveGlowConfig) -> dict[str, Te
         if value.dim() == len(shape) + 1 and value.shape[-1] == 1:  # Conv2d-shaped (.., k, 1)
             value = value.squeeze(-1)
         if value.shape != shape:
-            raise ValueError(f"tensor {key} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+            raise ValueError(
+                f"tensor {key} has shape {tuple(value.shape)}, expected {tuple(shape)}")
         if not all_finite(value):
             raise ValueError(f"tensor {key} contains NaN or infinite values")
         out[key] = value
@@ -547,5 +550,12 @@ def save_checkpoint(path: str | os.PathLike[str], model_or_checkpoint: WaveGlow 
                         overwrite=overwrite)
 
 
-__all__ = ["Checkpoint", "read_checkpoint", "load_model", "save_checkpoint",
-           "normalize_state_dict", "infer_config", "sniff_format"]
+__all__ = [
+    "Checkpoint",
+    "infer_config",
+    "load_model",
+    "normalize_state_dict",
+    "read_checkpoint",
+    "save_checkpoint",
+    "sniff_format",
+]

@@ -1,8 +1,8 @@
 """The checkpoint registry: ``checkpoints.toml`` (shipped) plus ``WAVEGLOW_REGISTRY`` entries.
 
 It names checkpoints and says where they come from; it knows nothing of the cache (which
-uses it: :func:`waveglow_cli.checkpoints.cache.ensure_checkpoint` turns what a user typed, a path, a short
-name or an alias, into a local file).
+uses it: :func:`waveglow_cli.checkpoints.cache.ensure_checkpoint` turns what a user typed, a path,
+a short name or an alias, into a local file).
 """
 
 from __future__ import annotations

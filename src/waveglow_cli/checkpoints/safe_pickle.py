@@ -40,7 +40,7 @@ import mmap
 import pickle
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -212,7 +212,7 @@ class StorageRef:
     set onto the bytes in place when they arrive, so whatever holds them sees the data.  A
     legacy storage *view* is a byte range ``start`` of another storage (``base``)."""
 
-    __slots__ = ("dtype", "nbytes", "data", "base", "start", "pending")
+    __slots__ = ("base", "data", "dtype", "nbytes", "pending", "start")
 
     def __init__(self, dtype: torch.dtype, nbytes: int, data: torch.Tensor | None = None,
                  base: StorageRef | None = None, start: int = 0) -> None:
@@ -403,11 +403,11 @@ class BoundedReader:
 
 
 _Dispatch = dict[int, Callable[..., None]]
-_BASE: _Dispatch = pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+_BASE: _Dispatch = pickle._Unpickler.dispatch
 _PLAIN_SETS = (set,)
 
 
-class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+class SafeUnpickler(pickle._Unpickler):
     """The pure-Python unpickler with a checked copy of its opcode table (see module doc).
 
     ``persistent_load`` resolves torch's persistent ids ('storage', ...) to
@@ -415,7 +415,18 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     each module class with its source for a consistency check) become the stand-in, their
     source never looked at."""
 
-    dispatch: _Dispatch = dict(_BASE)
+    dispatch: ClassVar[_Dispatch] = dict(_BASE)
+
+    # The pure-Python unpickler's internals that the opcodes below use.  typeshed's
+    # ``_Unpickler`` declares only its public methods; these are annotations alone (no class
+    # attributes are made): load() sets the first five on the instance, pop_mark is the base
+    # class's method.
+    stack: list[Any]
+    append: Callable[[Any], None]
+    read: Callable[[int], bytes]
+    readline: Callable[[], bytes]
+    _unframer: Any
+    pop_mark: Callable[[], list[Any]]
 
     def __init__(self, reader: BoundedReader,
                  storage: Callable[[tuple[Any, ...]], StorageRef] | None = None) -> None:

@@ -36,7 +36,8 @@ from .safe_pickle import BoundedReader, StorageRef, StorageType, check_structure
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
-TAR_REFUSAL = "tar archive: the torch<=0.3 container is not supported (no published WaveGlow uses it)"
+TAR_REFUSAL = ("tar archive: the torch<=0.3 container is not supported "
+               "(no published WaveGlow uses it)")
 
 
 def is_tar_header(block: bytes) -> bool:

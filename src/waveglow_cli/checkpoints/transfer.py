@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from ..errors import (
     ChecksumMismatchError,
@@ -169,7 +169,7 @@ def _iter_body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
             yield from raw.stream(chunk_size, decode_content=True)
     except (requests.exceptions.RequestException, OSError, ValueError) as e:
         raise TransferCut(_describe(e)) from None
-    except Exception as e:  # noqa: BLE001 - urllib3/http.client protocol errors, IncompleteRead
+    except Exception as e:
         if type(e).__module__.split(".")[0] in ("urllib3", "http"):
             raise TransferCut("connection broken") from None
         raise
@@ -205,7 +205,11 @@ def _drop_planted(partial: Path) -> None:
         pass
 
 
-def _open_partial(partial: Path, mode: str) -> BinaryIO:
+# How the partial file is opened: written from zero, or appended to (a resumed transfer).
+_Mode = Literal["wb", "ab"]
+
+
+def _open_partial(partial: Path, mode: _Mode) -> BinaryIO:
     """``partial`` opened to write from zero ('wb') or to append ('ab'): never through a link
     (O_NOFOLLOW), never waiting on a FIFO (O_NONBLOCK), and only if what was opened is a
     regular file."""
@@ -255,7 +259,8 @@ class _Transfer:
     def __init__(self, request: _Request) -> None:
         self.r = request
         self.state_file = state_path(request.partial)
-        self.request_url, self.params = request.url, None
+        self.request_url = request.url
+        self.params: dict[str, str] | None = None  # a confirmation form's fields, once answered
         self.validator: str | None = None     # strong ETag / Last-Modified, for If-Range
         self.known_total: int | None = None
         # This source delivered something (then cuts are retried, not the next source).
@@ -343,7 +348,7 @@ class _Transfer:
         self.received_any = True
         self.r.progress.note(f"{self.r.label}: answering a download confirmation page")
 
-    def _body_start(self, response: requests.Response, have: int) -> tuple[str, int]:
+    def _body_start(self, response: requests.Response, have: int) -> tuple[_Mode, int]:
         """(file mode, bytes kept) for the body that follows: appended to the ``have`` bytes
         for a 206 that continues them, else written from zero.  The size it announces is
         checked against the published size and the cap before a byte is read."""
@@ -354,7 +359,7 @@ class _Transfer:
                                  and total != self.known_total):
                 raise TransferRestart(f"the server answered the Range request for byte {have} "
                                       f"with {response.headers.get('Content-Range')!r}")
-            mode = "ab"
+            mode: _Mode = "ab"
         else:
             mode, have = "wb", 0
             encoded = response.headers.get("Content-Encoding", "identity").lower() \
@@ -375,7 +380,7 @@ class _Transfer:
             raise _too_big(r.url, r.cap, self.known_total)  # refused before the body is read
         return mode, have
 
-    def _receive(self, response: requests.Response, mode: str, have: int, pace: _Pace) -> None:
+    def _receive(self, response: requests.Response, mode: _Mode, have: int, pace: _Pace) -> None:
         r = self.r
         with _open_partial(r.partial, mode) as out:
             # Counted after decoding: a gzip body cannot expand past the cap either.
@@ -414,9 +419,12 @@ class _Transfer:
         time.sleep(wait)
 
 
+DEFAULT_LIMITS = DownloadLimits()  # frozen: safe to share as a default
+
+
 def transfer(session: requests.Session, url: str, partial: Path, expect_total: int | None,
              label: str, progress: ProgressReporter, policy: RetryPolicy,
-             limits: DownloadLimits = DownloadLimits(), cap: int | None = None) -> str:
+             limits: DownloadLimits = DEFAULT_LIMITS, cap: int | None = None) -> str:
     """Bring ``partial`` to the complete body of ``url``; returns the URL finally used.
 
     At most ``expect_total`` bytes (the published size) are accepted, else at most ``cap``
@@ -427,4 +435,4 @@ def transfer(session: requests.Session, url: str, partial: Path, expect_total: i
                               policy, limits)).run()
 
 
-__all__ = ["transfer", "RetryPolicy", "state_path"]
+__all__ = ["RetryPolicy", "state_path", "transfer"]

@@ -55,7 +55,8 @@ def _plain_type_labels() -> None:
             return _TYPE_LABELS.get(label, label) if isinstance(label, str) else label
 
         display_type_rich.plain = True  # type: ignore[attr-defined]
-        setattr(cls, "display_type_rich", display_type_rich)
+        # (setattr: the class is found at run time, so its type does not declare the method)
+        setattr(cls, "display_type_rich", display_type_rich)  # noqa: B010
 
 
 _plain_type_labels()
@@ -77,8 +78,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
     """WaveGlow vocoder."""
 
 

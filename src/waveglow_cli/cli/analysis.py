@@ -25,7 +25,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..features.mel import MelConfig
-    from ..jobs.core import Item, JobProgress
+    from ..jobs.core import Handler, Item, JobProgress
 
 
 def score(
@@ -110,49 +110,59 @@ def plot(
     """Figures: a mel spectrogram, a waveform with its mel, or two signals stacked (--compare).
 
     Axes in seconds and mel frequency, with a colour bar."""
-    from ..analysis.plot import plot_signals
-    from ..audio.io import AUDIO_SUFFIXES
-    from ..jobs.core import (
-        MEL_SUFFIXES,
-        OutputPolicy,
-        discover,
-        input_paths,
-        plan_outputs,
-        run_items,
-    )
+    from ..jobs.core import OutputPolicy, input_paths, run_items
     from ..vocoder import mel_settings_for
 
     settings = load_settings()
     with errors_to_exit(settings, os_errors=False):
-        items = discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES)
-        if any(item.source is None for item in items):
-            raise UsageError("plot reads files, not standard input")
-        if compare and len(items) != 2:
-            raise UsageError("--compare takes exactly two inputs")
-        groups = [items] if compare else [[item] for item in items]
-        if compare and (output is None or Path(output).suffix.lower() != ".png"):
-            raise UsageError("--compare needs -o FIGURE.png")
-        outputs = [Path(output)] if compare else plan_outputs(items, output, ".png")  # type: ignore[arg-type]
+        items, groups, outputs = _plot_plan(inputs, output, compare)
         config = mel_settings_for(checkpoint, settings, DownloadBar())
     # One figure per group (each input, or the two compared): the group's first item stands
     # for it in the job.
-    group_of = {group[0]: group for group in groups}
+    handle = _figure_maker({group[0]: group for group in groups}, config, overwrite)
+    # (No bar: one line per failure.)
+    with errors_to_exit(settings, os_errors=False), \
+            ItemProgress(0, "plot", settings) as progress:
+        summary = run_items([group[0] for group in groups], outputs,
+                            OutputPolicy(overwrite=overwrite), handle, progress,
+                            inputs=input_paths(items))
+    # Existing figures are kept, said in one line (plot has --overwrite, no --skip-existing).
+    hint = existing_outputs_hint(summary, ("--overwrite",))
+    if hint is not None:
+        stderr_console().out(hint)
+    raise typer.Exit(EXIT_INPUT_FAILED if summary.failed else EXIT_OK)
+
+
+def _plot_plan(inputs: list[str], output: str | None, compare: bool
+               ) -> tuple[list[Item], list[list[Item]], list[Path | None]]:
+    """plot's inputs, their groups (one figure each) and each group's figure."""
+    from ..audio.io import AUDIO_SUFFIXES
+    from ..jobs.core import MEL_SUFFIXES, discover, plan_outputs
+
+    items = discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES)
+    if any(item.source is None for item in items):
+        raise UsageError("plot reads files, not standard input")
+    if compare and len(items) != 2:
+        raise UsageError("--compare takes exactly two inputs")
+    groups = [items] if compare else [[item] for item in items]
+    if compare and (output is None or Path(output).suffix.lower() != ".png"):
+        raise UsageError("--compare needs -o FIGURE.png")
+    outputs: list[Path | None] = ([Path(output)] if compare and output is not None
+                                  else plan_outputs(items, output, ".png"))
+    return items, groups, outputs
+
+
+def _figure_maker(group_of: dict[Item, list[Item]], config: MelConfig, overwrite: bool
+                  ) -> Handler:
+    """What makes each group's figure, as the job's per-item handler."""
+    from ..analysis.plot import plot_signals
 
     def handle(item: Item, source: Path | IO[bytes], target: Path | None,
                progress: JobProgress) -> None:
         panels = [p for member in group_of[item] for p in _panels_for(member, config)]
         plot_signals(target, panels, config, overwrite=overwrite)  # type: ignore[arg-type]
 
-    with errors_to_exit(settings, os_errors=False):
-        with ItemProgress(0, "plot", settings) as progress:  # no bar: one line per failure
-            summary = run_items([group[0] for group in groups], outputs,  # type: ignore[arg-type]
-                                OutputPolicy(overwrite=overwrite), handle, progress,
-                                inputs=input_paths(items))
-    # Existing figures are kept, said in one line (plot has --overwrite, no --skip-existing).
-    hint = existing_outputs_hint(summary, ("--overwrite",))
-    if hint is not None:
-        stderr_console().out(hint)
-    raise typer.Exit(EXIT_INPUT_FAILED if summary.failed else EXIT_OK)
+    return handle
 
 
 def _panels_for(item: Item, config: MelConfig) -> list[tuple[str, Any, str]]:

@@ -1,4 +1,5 @@
-"""``waveglow bench``: synthesis speed on synthetic mels (see :mod:`waveglow_cli.analysis.bench`)."""
+"""``waveglow bench``: synthesis speed on synthetic mels (see
+:mod:`waveglow_cli.analysis.bench`)."""
 
 from __future__ import annotations
 
@@ -81,8 +82,8 @@ def bench(
     import json
 
     from ..analysis.bench import BenchOptions, baseline_reference, run_bench
-    from ..engines.devices import pick_device, pick_dtype
-    from ..engines.select import engine_from_float32
+    from ..engines.devices import pick_device
+    from ..engines.select import SigmaPolicy, build_engine, choose_engine
 
     settings = load_settings()
     # On a terminal a status line says what runs (minutes, for the default model); the
@@ -90,16 +91,17 @@ def bench(
     with errors_to_exit(settings, os_errors=False), StepStatus() as status:
         options = BenchOptions(batch_size=batch_size, seconds=seconds, repeats=repeats)
         torch_device = pick_device(device)
-        dtype = pick_dtype(precision, torch_device, options.sigma)
         module = _load_baseline(baseline) if baseline is not None else None
         model, name, rate = _float32_model(checkpoint, settings, status)
+        pick = choose_engine(model, torch_device, precision, engine,
+                             SigmaPolicy.of(options.sigma)).first
+        assert pick.dtype is not None  # weights, not an exported file
         if module is not None:
             status(f"loading the reference ({baseline})")
         reference = None if module is None else \
-            baseline_reference(module.build, model, torch_device, dtype)
-        status(f"preparing the {engine} engine on {torch_device}")
-        chosen = engine_from_float32(model, torch_device, dtype, engine,
-                                     settings.compile_cache)
+            baseline_reference(module.build, model, torch_device, pick.dtype)
+        status(f"preparing {pick.describe()}")
+        chosen = build_engine(pick, model, settings.compile_cache)
         result = run_bench(chosen, rate, options, name, reference, status)
         result["engine"] = engine
     if as_json:

@@ -123,7 +123,8 @@ def describe_checkpoint(spec: str, settings: Settings) -> dict[str, Any]:
         return _describe_onnx(path)
     ckpt = read_checkpoint(path)
     meta, record_problem = read_record(entry, settings) if entry is not None else ({}, "")
-    if record_problem:  # the bytes are hashed below instead; a damaged record is a note
+    # The bytes are hashed below instead; a damaged record is a note.
+    if record_problem and entry is not None:
         stderr_console().out(f"note: {entry.name}: {record_problem}; `waveglow fetch --verify "
                              f"{entry.name}` repairs it")
     original = cache_paths(entry, settings).original if entry is not None else path

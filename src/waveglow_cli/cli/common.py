@@ -30,15 +30,43 @@ from ..errors import (
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..jobs.core import Summary
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
-__all__ = ["EXIT_OK", "EXIT_INPUT_FAILED", "EXIT_USAGE", "DEFAULT_CHECKPOINT", "stderr_console",
-           "report", "exit_with", "errors_to_exit", "load_settings", "CheckpointOption",
-           "MelCheckpointOption", "DeviceOption", "PrecisionOption", "QuietOption",
-           "OverwriteOption", "SkipExistingOption", "OfflineOption", "JsonOption", "ItemProgress",
-           "DownloadBar", "EXIT_STDOUT_CLOSED", "refuse_binary_to_terminal", "check_checkpoint",
-           "interrupts_to_exit", "end_of_job", "require_extra", "StepStatus",
-           "existing_outputs_hint"]
+    from ..jobs.core import Summary
+    from ..jobs.options import StandardStreams
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "EXIT_INPUT_FAILED",
+    "EXIT_OK",
+    "EXIT_STDOUT_CLOSED",
+    "EXIT_USAGE",
+    "CheckpointOption",
+    "DeviceOption",
+    "DownloadBar",
+    "ItemProgress",
+    "JsonOption",
+    "MelCheckpointOption",
+    "OfflineOption",
+    "OverwriteOption",
+    "PrecisionOption",
+    "QuietOption",
+    "SkipExistingOption",
+    "StepStatus",
+    "check_checkpoint",
+    "end_of_job",
+    "errors_to_exit",
+    "existing_outputs_hint",
+    "exit_with",
+    "interrupts_to_exit",
+    "load_settings",
+    "refuse_binary_to_terminal",
+    "report",
+    "require_extra",
+    "standard_streams",
+    "stderr_console",
+]
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -c 1`'s yes
@@ -48,7 +76,7 @@ class _MessageConsole(Console):
     """stderr for messages: whatever is printed with ``out`` (errors, notes, summaries) has its
     control characters escaped, so a hostile file name cannot drive the terminal."""
 
-    def out(self, *objects: object, **kwargs: object) -> None:  # type: ignore[override]
+    def out(self, *objects: object, **kwargs: object) -> None:
         super().out(*(printable(str(o)) for o in objects), **kwargs)  # type: ignore[arg-type]
 
 
@@ -89,9 +117,11 @@ def errors_to_exit(settings: Settings, *, os_errors: bool = True) -> Iterator[No
     reach :func:`main`'s last resort, which names the file) raised inside become one line on
     stderr and the exit code :func:`report` maps them to."""
     caught: tuple[type[BaseException], ...] = (WaveGlowError, ValueError)
+    if os_errors:
+        caught = (*caught, OSError)
     try:
         yield
-    except caught + ((OSError,) if os_errors else ()) as e:
+    except caught as e:
         exit_with(e, settings)
 
 
@@ -112,6 +142,15 @@ def refuse_binary_to_terminal(targets: list[Path | None], what: str, suffix: str
     if any(t is None for t in targets) and stdout is not None and stdout.isatty():
         raise UsageError(f"refusing to write {what} to a terminal; redirect it "
                          f"(-o - > out{suffix}), pipe it (-o - | ...) or pass -o FILE")
+
+
+def standard_streams() -> StandardStreams:
+    """This process's standard input and output as binary streams (None where it has none),
+    for a job to read '-' from and write '-' to."""
+    from ..jobs.options import StandardStreams
+
+    return StandardStreams(getattr(sys.stdin, "buffer", None),
+                           getattr(sys.stdout, "buffer", None))
 
 
 def check_checkpoint(spec: str, settings: Settings) -> None:
@@ -385,8 +424,8 @@ class DownloadBar:
     def __init__(self, quiet: bool = False, status: StepStatus | None = None) -> None:
         self.quiet = quiet
         self.console = stderr_console()
-        self._progress = None
-        self._task = None
+        self._progress: RichProgress | None = None
+        self._task: TaskID  # set with the bar
         self.status = status  # a status line shown before: it makes way for the bar
 
     def start(self, description: str, total: int | None, completed: int = 0) -> None:
@@ -439,8 +478,8 @@ class StepStatus:
     def __init__(self, quiet: bool = False) -> None:
         self.console = stderr_console()
         self.shown = not quiet and self.console.is_terminal
-        self._progress = None
-        self._task = None
+        self._progress: RichProgress | None = None
+        self._task: TaskID  # set with the bar
 
     def __call__(self, text: str) -> None:
         if not self.shown:

@@ -1,5 +1,5 @@
-"""``waveglow compare REFERENCE GENERATED``: how close generated audio is to its reference, per file and
-overall (:mod:`waveglow_cli.analysis.compare`).
+"""``waveglow compare REFERENCE GENERATED``: how close generated audio is to its reference, per
+file and overall (:mod:`waveglow_cli.analysis.compare`).
 
 Text: one tab-separated row per file, then a summary line, on standard output.  ``--json``: one
 JSON object ``{"reference", "generated", "files": [row, ...], "summary": {...}, "missing":

@@ -16,6 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
+
+# typer vendors click (typer._click): its Context and HelpFormatter are the types the
+# overridden methods below are declared with (typer.Context.formatter_class is this class).
+from typer._click import Context as ClickContext
+from typer._click import HelpFormatter as ClickHelpFormatter
 from typer.core import TyperCommand, TyperGroup
 
 # textwrap breaks after a hyphen-minus; the non-breaking hyphen (U+2011) stands in for it
@@ -27,7 +32,7 @@ def _keep_hyphens(text: str) -> str:
     return text.replace("-", _KEPT_HYPHEN)
 
 
-class HelpFormatter(typer.Context.formatter_class):  # type: ignore[misc,name-defined]
+class HelpFormatter(ClickHelpFormatter):
     """click's help formatter, never breaking a line at a hyphen."""
 
     def write(self, string: str) -> None:
@@ -53,7 +58,7 @@ class HelpCommand(TyperCommand):
 
     context_class = HelpContext
 
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: ClickContext) -> list[str]:
         return [_unbraced(piece) for piece in super().collect_usage_pieces(ctx)]
 
 
@@ -70,7 +75,7 @@ class HelpGroup(TyperGroup):
 
     context_class = HelpContext
 
-    def format_commands(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
+    def format_commands(self, ctx: ClickContext, formatter: ClickHelpFormatter) -> None:
         rows = [(name, summary(command)) for name in self.list_commands(ctx)
                 if (command := self.get_command(ctx, name)) is not None and not command.hidden]
         if rows:

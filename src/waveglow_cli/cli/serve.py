@@ -83,11 +83,10 @@ def serve(
             raise UsageError(f"waveglow serve needs the serve extra ({e.name} is missing): "
                              "pip install 'waveglow-exact[serve]'") from None
         sock = bind_socket(host, port)  # a port in use fails before torch is imported
-        from ..engines.devices import pick_device, pick_dtype
-        from ..serve.app import ServeOptions, create_app
-        from ..serve.protocol import DEFAULT_SIGMA
+        from ..engines.devices import pick_device
+        from ..serve.app import ServeOptions, create_app, serving_vocoder
         from ..synthesis.synthesizer import return_freed_memory_promptly
-        from ..vocoder import load_vocoder
+        from ..vocoder import open_model_file
 
         options = ServeOptions(checkpoint, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                queue=queue, max_frames_per_request=max_frames_per_request,
@@ -96,17 +95,11 @@ def serve(
                                   graceful_timeout)
         return_freed_memory_promptly()
         torch_device = pick_device(device)
-        # The dtype synth picks for sampled noise; where --precision auto gives sigma 0
-        # another one (float32 beside the CPU bf16 fast path), a second engine serves those
-        # requests, so that every request equals synth with its sigma.
-        dtype = pick_dtype(precision, torch_device, DEFAULT_SIGMA)
-        vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
-                               denoise=True, progress=DownloadBar(), engine=engine)
-        exact_dtype = pick_dtype(precision, torch_device, 0.0)
-        exact = None  # an ONNX export holds no weights: its precision is the file's
-        if exact_dtype != dtype and vocoder.has_weights:
-            exact = vocoder.with_precision(exact_dtype, engine, settings.compile_cache)
-        app = create_app(vocoder, options, exact)
+        model_file = open_model_file(checkpoint, torch_device, settings=settings,
+                                     progress=DownloadBar())
+        vocoder = serving_vocoder(model_file, torch_device, precision, engine,
+                                  settings.compile_cache)
+        app = create_app(vocoder, options)
     line = f"serving {checkpoint} on {url_of(host, sock)}"
     # uvicorn re-raises SIGTERM for this handler once it has shut down gracefully: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,10 +31,12 @@ from .common import (
     interrupts_to_exit,
     load_settings,
     refuse_binary_to_terminal,
+    standard_streams,
 )
 
 if TYPE_CHECKING:
-    from ..jobs.core import Item, OutputPolicy, SynthesisJob
+    from ..jobs.core import Item, SynthesisJob
+    from ..jobs.options import InputOptions, OutputOptions
     from ..settings import Settings
 
 Inputs = Annotated[list[str], typer.Argument(
@@ -103,7 +105,7 @@ def synth(
     batch_frames: BatchFrames = None,
     mel_layout: MelLayout = "auto",
     mel_scale: MelScale = "ln",
-    mel_from: MelFrom = None,
+    convention: MelFrom = None,
     mel_stats: MelStatsFile = None,
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
@@ -115,36 +117,53 @@ def synth(
 ) -> None:
     """Vocode mel spectrograms (or audio files, by copy synthesis) into audio."""
     from ..jobs.core import OutputPolicy, all_ranks_sum
+    from ..jobs.options import InputOptions, OutputOptions
 
     settings, shard = load_settings(), Shard.from_env()
     with errors_to_exit(settings, os_errors=False):  # all before torch is imported
-        policy = OutputPolicy(overwrite, skip_existing)
-        items, outputs = _plan(inputs, output, subtype, mel_layout, mel_scale, shard, format)
-        _check_mel_from(mel_from, mel_stats)
+        out = OutputOptions(subtype, OutputPolicy(overwrite, skip_existing), plot,
+                            format or "wav", first_piece)
+        read = InputOptions(mel_layout, mel_scale, convention, mel_stats)
+        items, outputs = _plan(inputs, output, read, out, shard, format)
         check_checkpoint(checkpoint, settings)
-    with interrupts_to_exit(), errors_to_exit(settings, os_errors=False):
-        with StepStatus(quiet) as status:  # on a terminal: torch starting, the model loading
-            job = _synthesis_job(
-                settings, shard, policy, status, checkpoint=checkpoint, sigma=sigma, seed=seed,
-                device=device, precision=precision, engine=engine, subtype=subtype,
-                denoiser_strength=denoiser_strength, batch_size=batch_size,
-                max_frames=max_frames, batch_frames=batch_frames, mel_layout=mel_layout,
-                mel_scale=mel_scale, mel_from=mel_from, mel_stats=mel_stats,
-                fail_fast=fail_fast, plot=plot, stdout_format=format or "wav",
-                first_piece=first_piece)
-            status("reading the inputs")  # until the bar appears, with its total
-            with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
-                              audio=True, status=status) as progress:
-                summary = job.run(items, outputs, progress)
+    request = VocoderRequest(checkpoint, device, precision, engine, sigma, seed,
+                             denoiser_strength, batch_size, max_frames, batch_frames)
+    # On a terminal the status says what happens: torch starting, the model loading.
+    with interrupts_to_exit(), errors_to_exit(settings, os_errors=False), \
+            StepStatus(quiet) as status:
+        job = _synthesis_job(settings, shard, status, request, read, out, fail_fast)
+        status("reading the inputs")  # until the bar appears, with its total
+        with ItemProgress(0 if quiet else len(items), "synth", settings, notes=not quiet,
+                          audio=True, status=status) as progress:
+            summary = job.run(items, outputs, progress)
     end_of_job(summary, quiet)
     failed = all_ranks_sum(summary.failed, shard)
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
 
 
-def _plan(inputs: list[str], output: str | None, subtype: str, mel_layout: str,
-          mel_scale: str, shard: Shard, fmt: str | None
-          ) -> tuple[list[Item], list[Path | None]]:
-    """The inputs, where each one's audio goes, and this process's share of them."""
+@dataclass(frozen=True)
+class VocoderRequest:
+    """The vocoder synth's flags ask for, made once torch is up (:func:`_synthesis_job`): the
+    checkpoint; the device, precision and engine it runs on; the noise (sigma, seed) and
+    denoiser strength, which choose the engine and whether the denoiser is loaded; and the
+    batch sizes (None: the device's defaults)."""
+
+    checkpoint: str
+    device: str = "auto"
+    precision: str = "auto"
+    engine: str = "auto"
+    sigma: float = 0.6
+    seed: int | None = None
+    denoiser_strength: float = 0.0
+    batch_size: int = 8
+    max_frames: int | None = None
+    batch_frames: int | None = None
+
+
+def _plan(inputs: list[str], output: str | None, read: InputOptions, out: OutputOptions,
+          shard: Shard, fmt: str | None) -> tuple[list[Item], list[Path | None]]:
+    """The inputs, where each one's audio goes, and this process's share of them; a bad
+    --mel-from (or --mel-stats without it) fails here too, before torch is imported."""
     from ..audio.io import AUDIO_SUFFIXES, MEL_LAYOUTS, MEL_SCALES
     from ..audio.out import STREAM_FORMATS, output_format
     from ..jobs.core import (
@@ -156,78 +175,76 @@ def _plan(inputs: list[str], output: str | None, subtype: str, mel_layout: str,
         without_own_outputs,
     )
 
-    if mel_layout not in MEL_LAYOUTS or mel_scale not in MEL_SCALES:
+    if read.mel_layout not in MEL_LAYOUTS or read.mel_scale not in MEL_SCALES:
         raise UsageError(f"--mel-layout takes {', '.join(MEL_LAYOUTS)}; "
                          f"--mel-scale takes {', '.join(MEL_SCALES)}")
     items = without_own_outputs(discover(inputs, MEL_SUFFIXES + AUDIO_SUFFIXES), output,
                                 ".wav", AUDIO_SUFFIXES)
     outputs = plan_outputs(items, output, ".wav")
     for target in outputs:
-        output_format(target if target is not None else "-", subtype)
+        output_format(target if target is not None else "-", out.subtype)
     if fmt is not None and (fmt not in STREAM_FORMATS or any(t is not None for t in outputs)):
         raise UsageError(f"--format {fmt}: it sets standard output's format (-o -), one of "
                          f"{', '.join(STREAM_FORMATS)}; files take theirs from the extension")
-    if fmt == "flac" and subtype not in ("PCM_16", "PCM_24"):
-        raise UsageError(f"--format flac: FLAC stores PCM_16 or PCM_24, not {subtype}")
+    if fmt == "flac" and out.subtype not in ("PCM_16", "PCM_24"):
+        raise UsageError(f"--format flac: FLAC stores PCM_16 or PCM_24, not {out.subtype}")
     refuse_binary_to_terminal(outputs, "binary audio", ".wav")
     refuse_overwriting_inputs(items, outputs)
-    return take_shard(items, outputs, shard)
+    planned = take_shard(items, outputs, shard)
+    _check_convention(read)
+    return planned
 
 
-def _check_mel_from(mel_from: str | None, mel_stats: str | None) -> None:
+def _check_convention(read: InputOptions) -> None:
     """A bad --mel-from (or --mel-stats without it) fails before torch is imported."""
-    if mel_from is None:
-        if mel_stats is not None:
+    if read.convention is None:
+        if read.mel_stats is not None:
             raise UsageError("--mel-stats goes with --mel-from (the convention it normalises)")
         return
     from ..features.conventions import resolve_convention
 
-    resolve_convention(mel_from)
+    resolve_convention(read.convention)
 
 
-def _synthesis_job(settings: Settings, shard: Shard, policy: OutputPolicy,
-                   status: StepStatus, *, checkpoint: str,
-                   sigma: float, seed: int | None, device: str, precision: str, engine: str,
-                   subtype: str,
-                   denoiser_strength: float, batch_size: int, max_frames: int | None,
-                   batch_frames: int | None, mel_layout: str, mel_scale: str,
-                   mel_from: str | None, mel_stats: str | None, fail_fast: bool,
-                   plot: bool, stdout_format: str, first_piece: int | None) -> SynthesisJob:
+def _synthesis_job(settings: Settings, shard: Shard, status: StepStatus, request: VocoderRequest,
+                   read: InputOptions, out: OutputOptions, fail_fast: bool) -> SynthesisJob:
     """The vocoder for the device and precision asked for, and the job around it; each step
     that takes seconds (torch starting, the checkpoint read and prepared) told to ``status``."""
     status("starting torch")
-    from ..analysis.bench import precision_name
-    from ..checkpoints.cache import ensure_checkpoint
-    from ..engines.devices import pick_device, pick_dtype
+    from ..engines.devices import pick_device
+    from ..engines.select import SigmaPolicy, choose_engine
     from ..jobs.core import synthesis_job
     from ..synthesis.plans import BatchOptions
     from ..synthesis.synthesizer import SynthesisOptions, return_freed_memory_promptly
-    from ..vocoder import load_vocoder
+    from ..vocoder import open_model_file
 
     return_freed_memory_promptly()  # memory that does not grow with the input's length
-    options = SynthesisOptions(sigma=sigma, seed=seed, denoiser_strength=denoiser_strength)
+    options = SynthesisOptions(sigma=request.sigma, seed=request.seed,
+                               denoiser_strength=request.denoiser_strength)
+    device = request.device
     if device == "auto" and shard.world > 1:
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{shard.local_rank % torch.cuda.device_count()}"
     torch_device = pick_device(device)
-    dtype = pick_dtype(precision, torch_device, sigma)
     # A download first, with its own bar; then the status again while the model is prepared.
-    path = ensure_checkpoint(checkpoint, settings, DownloadBar(status=status))
-    status(f"loading {Path(path).name} ({precision_name(dtype)} on {torch_device})")
-    vocoder = load_vocoder(checkpoint, torch_device, dtype, settings=settings,
-                           denoise=denoiser_strength > 0, engine=engine)
-    batching = BatchOptions.for_device(torch_device, vocoder.config, batch_size=batch_size,
-                                       max_frames=max_frames, batch_frames=batch_frames)
-    if plot:
+    status("reading the checkpoint")
+    model_file = open_model_file(request.checkpoint, torch_device, settings=settings,
+                                 progress=DownloadBar(status=status))
+    choice = choose_engine(model_file.source, torch_device, request.precision, request.engine,
+                           SigmaPolicy.of(request.sigma))
+    status(f"loading {model_file.path.name} ({choice.first.describe()})")
+    vocoder = model_file.vocoder(choice, denoise=request.denoiser_strength > 0,
+                                 cache_dir=settings.compile_cache)
+    batching = BatchOptions.for_device(torch_device, vocoder.config,
+                                       batch_size=request.batch_size,
+                                       max_frames=request.max_frames,
+                                       batch_frames=request.batch_frames)
+    if out.plot:
         from ..analysis.plot import require_matplotlib
 
         require_matplotlib()
     # Standard input and output as streams (None where this process has none).
-    return synthesis_job(vocoder, options, batching, subtype=subtype, policy=policy,
-                         fail_fast=fail_fast, mel_layout=mel_layout, mel_scale=mel_scale,
-                         mel_from=mel_from, mel_stats=mel_stats,
-                         plot=plot, stdin=getattr(sys.stdin, "buffer", None),
-                         stdout=getattr(sys.stdout, "buffer", None),
-                         stdout_format=stdout_format, first_piece=first_piece)
+    return synthesis_job(vocoder, options, batching, inputs=read, output=out,
+                         fail_fast=fail_fast, streams=standard_streams())

@@ -41,71 +41,100 @@ def options_from_flags(params: dict[str, Any], explicit: frozenset[str]) -> Trai
                         **flags)
 
 
+# The options, declared here so that the command's signature reads as a list of them.
+Data = Annotated[list[str] | None, typer.Argument(
+    metavar="DATA",
+    help="Training audio: folders (searched recursively), audio files, or text file lists "
+         "(one path per line; 'path|text' filelists work). Optional with --resume.",
+    show_default=False)]
+Output = Annotated[Path, typer.Option(
+    "-o", "--output", metavar="RUN_DIR",
+    help="Run folder: checkpoints, metrics.jsonl, run.json.",
+    show_default=False)]
+Val = Annotated[str | None, typer.Option(
+    help="Held-out data: a fraction of DATA (e.g. 0.05) or a folder/file list.")]
+MaxSteps = Annotated[int, typer.Option(help="Train up to this step (optimizer updates).")]
+BatchSize = Annotated[int, typer.Option(help="Segments per step and process.")]
+SegmentLength = Annotated[int, typer.Option(
+    help="Samples per training segment (shorter files are zero-padded).")]
+Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+LrSchedule = Annotated[str, typer.Option(
+    help="constant, or cosine (from --lr down to --lr-min at --max-steps).")]
+LrMin = Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")]
+WarmupSteps = Annotated[int, typer.Option(
+    help="Raise the learning rate linearly over the first N steps.")]
+Sigma = Annotated[float, typer.Option(help="Sigma of the Gaussian in the loss.")]
+GradClip = Annotated[float | None, typer.Option(
+    help="Clip the gradient norm to this value (default: no clipping).")]
+CheckpointEvery = Annotated[int, typer.Option(help="Write a checkpoint every N steps.")]
+Keep = Annotated[int, typer.Option(help="Keep the newest K checkpoints.")]
+ValEvery = Annotated[int | None, typer.Option(
+    help="Validate every N steps (default: at each checkpoint).")]
+LogEvery = Annotated[int, typer.Option(
+    help="Write a metrics.jsonl record every N steps (mean loss over them).")]
+Device = Annotated[str, typer.Option(
+    help="auto (CUDA: this process's LOCAL_RANK GPU, else CPU), cpu, cuda, cuda:N, mps.")]
+Precision = Annotated[str, typer.Option(
+    help="auto (bf16 on CUDA where supported, else fp16 with a grad scaler; fp32 on CPU), "
+         "fp32, bf16 or fp16.")]
+Workers = Annotated[int | None, typer.Option(
+    help="Data loader processes (default: 0 on CPU, up to 4 on CUDA).")]
+Seed = Annotated[int | None, typer.Option(
+    help="Seed for the initial weights and the data order (default: random, recorded).")]
+InitFrom = Annotated[str | None, typer.Option(
+    "--from", help="Fine-tune this checkpoint (registry name or file); the architecture "
+                   "and mel settings come from it.")]
+Resume = Annotated[bool, typer.Option(
+    help="Continue the run in -o from its latest checkpoint (same step, optimizer, data "
+         "order).", show_default=False)]
+NChannels = Annotated[int, typer.Option(help="WN channels (fresh model).")]
+NLayers = Annotated[int, typer.Option(help="WN layers per flow (fresh model).")]
+NFlows = Annotated[int, typer.Option(help="Flows (fresh model).")]
+NGroup = Annotated[int, typer.Option(help="Samples per group (fresh model).")]
+NEarlyEvery = Annotated[int, typer.Option(help="Early output every N flows.")]
+NEarlySize = Annotated[int, typer.Option(help="Channels per early output.")]
+NMelChannels = Annotated[int, typer.Option(help="Mel channels (fresh model).")]
+SampleRate = Annotated[int, typer.Option(help="Sample rate (fresh model).")]
+Tensorboard = Annotated[bool, typer.Option(
+    help="Also log the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs the "
+         "tensorboard package).", show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress line or notes.")]
+
+
 def train(
     ctx: typer.Context,
-    data: Annotated[list[str] | None, typer.Argument(
-        metavar="DATA",
-        help="Training audio: folders (searched recursively), audio files, or text file lists "
-             "(one path per line; 'path|text' filelists work). Optional with --resume.",
-        show_default=False)] = None,
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", metavar="RUN_DIR",
-        help="Run folder: checkpoints, metrics.jsonl, run.json.",
-        show_default=False)] = ...,  # type: ignore[assignment]
-    val: Annotated[str | None, typer.Option(
-        help="Held-out data: a fraction of DATA (e.g. 0.05) or a folder/file list.")] = None,
-    max_steps: Annotated[int, typer.Option(help="Train up to this step (optimizer updates).")
-                         ] = 100_000,
-    batch_size: Annotated[int, typer.Option(help="Segments per step and process.")] = 12,
-    segment_length: Annotated[int, typer.Option(
-        help="Samples per training segment (shorter files are zero-padded).")] = 16000,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
-    lr_schedule: Annotated[str, typer.Option(
-        help="constant, or cosine (from --lr down to --lr-min at --max-steps).")] = "constant",
-    lr_min: Annotated[float, typer.Option(help="Final learning rate of the cosine schedule.")
-                      ] = 0.0,
-    warmup_steps: Annotated[int, typer.Option(
-        help="Raise the learning rate linearly over the first N steps.")] = 0,
-    sigma: Annotated[float, typer.Option(help="Sigma of the Gaussian in the loss.")] = 1.0,
-    grad_clip: Annotated[float | None, typer.Option(
-        help="Clip the gradient norm to this value (default: no clipping).")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")
-                                ] = 1000,
-    keep: Annotated[int, typer.Option(help="Keep the newest K checkpoints.")] = 5,
-    val_every: Annotated[int | None, typer.Option(
-        help="Validate every N steps (default: at each checkpoint).")] = None,
-    log_every: Annotated[int, typer.Option(
-        help="Write a metrics.jsonl record every N steps (mean loss over them).")] = 1,
-    device: Annotated[str, typer.Option(
-        help="auto (CUDA: this process's LOCAL_RANK GPU, else CPU), cpu, cuda, cuda:N, mps.")
-                      ] = "auto",
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 on CUDA where supported, else fp16 with a grad scaler; fp32 on CPU), "
-             "fp32, bf16 or fp16.")] = "auto",
-    workers: Annotated[int | None, typer.Option(
-        help="Data loader processes (default: 0 on CPU, up to 4 on CUDA).")] = None,
-    seed: Annotated[int | None, typer.Option(
-        help="Seed for the initial weights and the data order (default: random, recorded).")
-                    ] = None,
-    init_from: Annotated[str | None, typer.Option(
-        "--from", help="Fine-tune this checkpoint (registry name or file); the architecture "
-                       "and mel settings come from it.")] = None,
-    resume: Annotated[bool, typer.Option(
-        help="Continue the run in -o from its latest checkpoint (same step, optimizer, data "
-             "order).", show_default=False)] = False,
-    n_channels: Annotated[int, typer.Option(help="WN channels (fresh model).")] = 256,
-    n_layers: Annotated[int, typer.Option(help="WN layers per flow (fresh model).")] = 8,
-    n_flows: Annotated[int, typer.Option(help="Flows (fresh model).")] = 12,
-    n_group: Annotated[int, typer.Option(help="Samples per group (fresh model).")] = 8,
-    n_early_every: Annotated[int, typer.Option(help="Early output every N flows.")] = 4,
-    n_early_size: Annotated[int, typer.Option(help="Channels per early output.")] = 2,
-    n_mel_channels: Annotated[int, typer.Option(help="Mel channels (fresh model).")] = 80,
-    sample_rate: Annotated[int, typer.Option(help="Sample rate (fresh model).")] = 22050,
-    tensorboard: Annotated[bool, typer.Option(
-        help="Also log the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs the "
-             "tensorboard package).", show_default=False)] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line or notes.")
-                     ] = False,
+    data: Data = None,
+    output: Output = ...,  # type: ignore[assignment]
+    val: Val = None,
+    max_steps: MaxSteps = 100_000,
+    batch_size: BatchSize = 12,
+    segment_length: SegmentLength = 16000,
+    lr: Lr = 1e-4,
+    lr_schedule: LrSchedule = "constant",
+    lr_min: LrMin = 0.0,
+    warmup_steps: WarmupSteps = 0,
+    sigma: Sigma = 1.0,
+    grad_clip: GradClip = None,
+    checkpoint_every: CheckpointEvery = 1000,
+    keep: Keep = 5,
+    val_every: ValEvery = None,
+    log_every: LogEvery = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    workers: Workers = None,
+    seed: Seed = None,
+    init_from: InitFrom = None,
+    resume: Resume = False,
+    n_channels: NChannels = 256,
+    n_layers: NLayers = 8,
+    n_flows: NFlows = 12,
+    n_group: NGroup = 8,
+    n_early_every: NEarlyEvery = 4,
+    n_early_size: NEarlySize = 2,
+    n_mel_channels: NMelChannels = 80,
+    sample_rate: SampleRate = 22050,
+    tensorboard: Tensorboard = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train WaveGlow by maximum likelihood, or fine-tune a checkpoint (--from).
 

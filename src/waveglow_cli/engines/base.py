@@ -19,7 +19,7 @@ class Engine(Protocol):
     device: torch.device
     dtype: torch.dtype
 
-    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None,
+    def infer(self, mel: Tensor, sigma: float, z: Tensor, lengths: Tensor | None = None, *,
               progress: FlowProgress | None = None) -> Tensor:
         """(B, M, F) float32 CPU natural-log mel and (B, G, T) float32 CPU standard-normal
         noise -> (B, F * hop) audio (any device and dtype).  ``lengths`` (B,) in frames masks
@@ -27,13 +27,14 @@ class Engine(Protocol):
         ``progress``, where given, is told the fraction of the pass done, increasing and
         ending at 1 (:data:`~waveglow_cli.model.waveglow.FlowProgress`): after each flow where the
         engine runs them one by one, once at the end where it runs whole (ONNX).  It is
-        passed only when a caller wants it, so an engine written without it still runs."""
+        passed only when a caller wants it, so an engine written without it still runs, and
+        by keyword (the packed engines take a ``generator`` in its place)."""
         ...
 
 
 class EagerEngine:
-    """The :class:`~waveglow_cli.model.waveglow.WaveGlow` module as an :class:`Engine`, on the device and
-    in the dtype of its parameters."""
+    """The :class:`~waveglow_cli.model.waveglow.WaveGlow` module as an :class:`Engine`, on the
+    device and in the dtype of its parameters."""
 
     def __init__(self, model: WaveGlow) -> None:
         self.model = model

@@ -1,14 +1,12 @@
-"""Device and precision policy (``--device``, ``--precision``): which device is meant by a
-name, which compute type ``auto`` means on it."""
+"""Devices and precisions by name (``--device``, ``--precision``): which device a name means,
+which compute type a precision names, and which kind of device the selection table
+(:mod:`waveglow_cli.engines.select`, where ``auto`` is decided) sees."""
 
 from __future__ import annotations
 
 import torch
 
 from .packed import onednn_available
-
-# ---------------------------------------------------------------------------------------------
-# Device and precision policy
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -52,21 +50,22 @@ def cpu_has_fast_bf16() -> bool:
     return native and onednn_available(torch.bfloat16)
 
 
-def pick_dtype(precision: str, device: torch.device, sigma: float | None = None) -> torch.dtype:
-    """The compute dtype for ``--precision``.
+#: The compute types one can ask for by name (``--precision``; ``auto`` is the selection
+#: table's, :data:`waveglow_cli.engines.select.AUTO_PRECISION`).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
+                                      "bf16": torch.bfloat16}
 
-    ``auto`` is bf16 (the CPU fast path, about 4x faster) on a CPU with native bf16 matrix
-    products when noise is sampled (``sigma`` > 0): its rounding sits about 40-50 dB below the
-    signal, far under the sampled noise itself.  Everywhere else ``auto`` is float32, and always
-    at ``sigma`` 0, the deterministic mode that is compared against NVIDIA's reference: float32
-    matches it to float rounding, reduced precision cannot.  GPUs stay float32 under ``auto``
-    until their reduced-precision quality and speed are measured here; fp16/bf16 are taken on
-    any device when asked for."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision == "auto":
-        if device.type == "cpu" and sigma is not None and sigma > 0 and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
-    if precision not in table:
-        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
-    return table[precision]
+
+def precision_name(dtype: torch.dtype) -> str:
+    """``fp32``, ``fp16`` or ``bf16`` for a compute type (torch's own name for any other)."""
+    names = {value: name for name, value in PRECISIONS.items()}
+    return names.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def device_kind(device: torch.device) -> str:
+    """The kind of device the selection table distinguishes: ``cpu-bf16`` (a CPU that
+    multiplies bfloat16 matrices natively, :func:`cpu_has_fast_bf16`), ``cpu``, ``cuda`` or
+    ``mps``."""
+    if device.type == "cpu":
+        return "cpu-bf16" if cpu_has_fast_bf16() else "cpu"
+    return device.type

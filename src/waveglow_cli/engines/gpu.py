@@ -10,7 +10,9 @@ elementwise step.  :class:`GpuEngine` computes the function of :meth:`WaveGlow.i
 * **rows are grouped time steps, columns channels**; the items of a pass are packed one after
   another with ``pad`` zero rows between them (``pad`` = the widest dilated tap), and the rows
   are padded up to one of a small fixed set of sizes (``buckets``).  A compiled pass therefore
-  sees at most ``len(buckets)`` shapes however many lengths a folder holds.  Masking is exact:
+  sees at most ``len(buckets)`` shapes however many lengths a folder holds (the layout, the
+  upsampler and the infer loop are the CPU path's too: :mod:`waveglow_cli.engines.rows`).
+  Masking is exact:
   before every dilated product the rows outside each item are multiplied by zero, so each item
   sees exactly the zeros it would see alone (as the model's ``lengths`` masking does);
 * **every convolution of a WN is a matrix product** on row slices: the dilated kernel-3
@@ -55,9 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UsageError
-from ..model.waveglow import FlowProgress, WaveGlow, part_of, reverse_flows
+from ..model.waveglow import WaveGlow, conv_bias
 from ..settings import compile_cache_environment
-from .packed import noise_and_lengths, pack_rows
+from .rows import PackedRowEngine, RowPacking, pack_rows
 
 #: Rows per pass.  The largest, 2^18 rows = 8 pieces of 1024 frames, bounds a pass's memory
 #: (about 1.2 GB of activations for the 256-channel model in fp16).  Powers of two below, and
@@ -244,14 +246,25 @@ def bucket_rows(rows: int, buckets: Sequence[int]) -> int:
     return -(-rows // largest) * largest
 
 
-class GpuEngine:
+@dataclass(frozen=True)
+class _Pass:
+    """A pass's buffers while its flows run."""
+
+    cond: Tensor               # (R, M G) in dtype: the upsampled mel's conditioning rows
+    mask: Tensor               # (R, 1) in dtype: 1 on an item's rows, 0 in the gaps and padding
+    row_mask: Tensor           # the mask in float32, for the 1x1 inverses
+
+
+class GpuEngine(PackedRowEngine[_Pass]):
     """An :class:`~waveglow_cli.engines.base.Engine` for any device (built for CUDA) in packed-row
-    layout; see the module docstring.  Made from a float32 model; holds its own weights.
+    layout (:class:`~waveglow_cli.engines.rows.PackedRowEngine`); see the module docstring.
+    Made from a float32 model; holds its own weights.
 
     ``compile``: run each WN trunk through ``torch.compile`` (``backend``, ``mode``), with
     its cache under ``cache_dir``.  ``buckets``: the row counts a pass is padded to (at most
     :data:`MAX_BUCKETS`, increasing).  ``shapes`` records the row counts passes have run
-    with, so a caller can see how many compiled variants exist."""
+    with, so a caller can see how many compiled variants exist.  ``infer``'s progress is told,
+    on CUDA, as the flows are queued: nothing waits for the device to report."""
 
     def __init__(self, model: WaveGlow, device: str | torch.device, dtype: torch.dtype, *,
                  compile: bool = False, cache_dir: Path | None = None,
@@ -264,154 +277,104 @@ class GpuEngine:
                              f"counts, not {buckets}")
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
-        config = model.config
-        self.config = config
-        self.device = torch.device(device)
-        self.dtype = dtype
+        # A pass's packed rows fit the largest bucket (an item too long alone gets its own).
+        super().__init__(model, device, dtype, max_rows=buckets[-1])
         self.buckets = buckets
         self.cache_dir = cache_dir
         self.compiled = compile
-        self.dilations = tuple(2**i for i in range(config.n_layers))
-        self.pad = max(1, (config.kernel_size - 1) // 2 * self.dilations[-1])
         self.shapes: set[int] = set()
         if compile and cache_dir is not None:
             check_compile_cache(cache_dir)  # before any work; made when first compiled into
-        w = model.upsample.weight.detach().float()                       # (M in, M out, K)
-        self.upsample_wr = w.permute(0, 2, 1).reshape(w.size(0), -1).to(self.device)
-        self.upsample_b = model.upsample.bias.detach().float().to(self.device)
-        self.flows = [self._fold(model, k) for k in range(config.n_flows)]
+        self.flows = [self._fold(model, k) for k in range(self.config.n_flows)]
         self._trunk: Callable[..., Tensor] = _trunk
         # Compiled when the first shape is (inside the cache's context): importing dynamo
         # already makes inductor's cache folder, which must be ours, not $TMPDIR's.
         self._compile_with = (backend, mode) if compile else None
 
     def _fold(self, model: WaveGlow, k: int) -> _Flow:
-        wn, c = model.WN[k], self.config.n_channels
+        wn, c = model.flow_wn(k), self.config.n_channels
 
         def to(t: Tensor, dtype: torch.dtype = self.dtype) -> Tensor:
             return t.detach().to(self.device, dtype).contiguous()
 
         cond_w = wn.cond_layer.weight.detach()[:, :, 0]                  # (2C L, M G)
-        cond_b = wn.cond_layer.bias.detach()
+        cond_b = conv_bias(wn.cond_layer).detach()
         layers = []
         for i in range(self.config.n_layers):
             rows = slice(2 * c * i, 2 * c * (i + 1))
-            w_in = wn.in_layers[i].weight.detach()                       # (2C, C, K)
+            in_layer, res_skip_layer = wn.layer(i)
+            w_in = in_layer.weight.detach()                              # (2C, C, K)
             layers.append(_Layer(
                 taps=tuple(to(w_in[:, :, j].t()) for j in range(w_in.size(2))),
                 cond_w=to(cond_w[rows].t()),
-                bias=to(wn.in_layers[i].bias.detach() + cond_b[rows]),
-                res_skip_w=to(wn.res_skip_layers[i].weight.detach()[:, :, 0].t()),
-                res_skip_b=to(wn.res_skip_layers[i].bias.detach())))
+                bias=to(conv_bias(in_layer).detach() + cond_b[rows]),
+                res_skip_w=to(res_skip_layer.weight.detach()[:, :, 0].t()),
+                res_skip_b=to(conv_bias(res_skip_layer).detach())))
         f32 = torch.float32
         # The cached inverse: made from the float32 weights (see Invertible1x1Conv).
-        inverse = model.convinv[k].weight_inverse.detach()[:, :, 0]
+        inverse = model.flow_conv(k).weight_inverse.detach()[:, :, 0]
         return _Flow(start_w=to(wn.start.weight.detach()[:, :, 0].t(), f32),
-                     start_b=to(wn.start.bias, f32), layers=tuple(layers),
+                     start_b=to(conv_bias(wn.start), f32), layers=tuple(layers),
                      end_w=to(wn.end.weight.detach()[:, :, 0].t(), f32),
-                     end_b=to(wn.end.bias, f32), inverse_t=to(inverse.t(), f32))
+                     end_b=to(conv_bias(wn.end), f32), inverse_t=to(inverse.t(), f32))
 
     # -- planning ------------------------------------------------------------------------------
     def passes(self, item_steps: Sequence[int]) -> list[list[int]]:
         """Items in order, grouped so that a pass's packed rows fit the largest bucket (an
         item too long for it alone gets a pass of its own)."""
+        return self.groups(item_steps)
+
+    def groups(self, item_steps: Sequence[int]) -> list[list[int]]:
+        """As the base's, bounded by the largest bucket as it is now (a caller may narrow
+        ``buckets`` after construction: the device check's dry run does)."""
         return pack_rows(item_steps, self.pad, self.buckets[-1])
 
-    # -- inference -----------------------------------------------------------------------------
-    @torch.inference_mode()
-    def infer(self, mel: Tensor, sigma: float = 1.0, z: Tensor | None = None,
-              lengths: Tensor | None = None, generator: torch.Generator | None = None,
-              progress: FlowProgress | None = None) -> Tensor:
-        """(B, M, F) natural-log mel -> (B, F * hop) float32 audio on the engine's device; as
-        :meth:`WaveGlow.infer`.  Samples beyond an item's ``lengths`` are zero.  ``progress``:
-        the fraction done after each flow of each pass (passes weighted by their rows; on CUDA
-        told as the flows are queued: nothing waits for the device to report)."""
-        c = self.config
-        batch = mel.shape[0]
-        z, steps, item_frames = noise_and_lengths(c, mel, z, lengths, generator)
-        item_steps = [f * c.hop_length // c.n_group for f in item_frames]
-        out = torch.zeros(batch, steps * c.n_group, device=self.device)
-        passes = self.passes(item_steps)
-        rows = [sum(item_steps[b] + self.pad for b in group) for group in passes]
-        for index, group in enumerate(passes):
-            audio, spans = self._run(mel, z, sigma, group, item_frames, item_steps,
-                                     part_of(progress, sum(rows[:index]), rows[index], sum(rows)))
-            for b, (lo, hi) in zip(group, spans):
-                out[b, :(hi - lo) * c.n_group] = audio[lo:hi].reshape(-1)
-        return out
+    def _padded_rows(self, rows: int) -> int:
+        """Passes run with bucketed row counts: a compiled trunk sees few shapes."""
+        return bucket_rows(rows, self.buckets)
 
-    def _to_device(self, t: Tensor) -> Tensor:
-        """A CPU tensor onto the device: pinned and non-blocking on CUDA."""
-        t = t.detach().float()
-        if self.device.type == "cuda" and t.device.type == "cpu":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _run(self, mel: Tensor, z: Tensor, sigma: float, group: list[int],
-             item_frames: list[int], item_steps: list[int],
-             progress: FlowProgress | None = None) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Synthesise the items ``group`` packed as rows; returns (rows (R, G), item spans)."""
-        c, pad = self.config, self.pad
-        spans, row = [], pad
-        for b in group:
-            spans.append((row, row + item_steps[b]))
-            row += item_steps[b] + pad
-        n_rows = bucket_rows(row, self.buckets)
-        # A new shape is compiled by the first call that sees it: only then is the cache
-        # folder needed (switching it clears inductor's in-memory caches).
+    # -- the packed rows' products ------------------------------------------------------------
+    @contextmanager
+    def _flows_running(self, n_rows: int) -> Iterator[None]:
+        """A new shape is compiled by the first pass that sees it: only then is the cache
+        folder needed (switching it clears inductor's in-memory caches)."""
         new_shape = self.compiled and n_rows not in self.shapes
         self.shapes.add(n_rows)
-        noise = torch.zeros(n_rows, c.n_group)
-        mask = torch.zeros(n_rows, 1)
-        for b, (lo, hi) in zip(group, spans):
-            noise[lo:hi] = z[b, :, :hi - lo].t()
-            mask[lo:hi] = 1
-        noise = self._to_device(noise).mul_(sigma)
-        mask = self._to_device(mask).to(self.dtype)
-        cond = torch.zeros(n_rows, c.n_mel_channels * c.n_group, device=self.device,
-                           dtype=self.dtype)
-        for b, (lo, hi) in zip(group, spans):
-            cond[lo:hi] = self.upsample_rows(self._to_device(mel[b, :, :item_frames[b]]),
-                                             hi - lo)
-        row_mask = mask.float()
         with _inductor_cache(self.cache_dir) if new_shape else nullcontext():
             if self._compile_with is not None and self._trunk is _trunk:
                 backend, mode = self._compile_with
                 self._trunk = torch.compile(_own_copy(_trunk), backend=backend, mode=mode,
                                             dynamic=False, fullgraph=True)
-            audio = reverse_flows(
-                c, lambda lo, hi: noise[:, lo:hi],
-                lambda k, audio_0: self._coupling(k, audio_0, cond, mask),
-                lambda k, joined: (joined * row_mask) @ self.flows[k].inverse_t, progress)
-        return audio, spans
+            yield
 
-    def _coupling(self, k: int, audio_0: Tensor, cond: Tensor, mask: Tensor) -> Tensor:
+    def _start_pass(self, packing: RowPacking, n_rows: int) -> tuple[_Pass, Tensor]:
+        """The mask of the items' rows and the conditioning rows (returned to be written)."""
+        c = self.config
+        mask = torch.zeros(n_rows, 1)
+        for lo, hi in packing.spans:
+            mask[lo:hi] = 1
+        mask = self._to_device(mask).to(self.dtype)
+        cond = torch.zeros(n_rows, c.n_mel_channels * c.n_group, device=self.device,
+                           dtype=self.dtype)
+        return _Pass(cond, mask, mask.float()), cond
+
+    def _mix_inverse(self, k: int, joined: Tensor, state: _Pass) -> Tensor:
+        """Flow ``k``'s inverse 1x1, the rows outside the items zeroed first."""
+        return (joined * state.row_mask) @ self.flows[k].inverse_t
+
+    def _coupling(self, k: int, audio_0: Tensor, state: _Pass) -> Tensor:
         """Flow ``k``'s WN on the conditioning half: (R, 2 n_half) float32, (b, log s)."""
         flow = self.flows[k]
         x = torch.addmm(flow.start_b, audio_0, flow.start_w).to(self.dtype)
-        skip = self._trunk(x, cond, mask, flow.layers, self.dilations)
+        skip = self._trunk(x, state.cond, state.mask, flow.layers, self.dilations)
         return torch.addmm(flow.end_b, skip, flow.end_w)
 
-    def upsample_rows(self, mel: Tensor, steps: int) -> Tensor:
-        """(M, F) float32 mel on the device -> (steps, M G) float32 conditioning rows,
-        ``cond[t, m G + j] = up[m, t G + j]``: the transposed convolution (stride hop, kernel K)
-        as matrix products and an overlap-add, in blocks of frames (bounded memory)."""
-        c = self.config
-        hop, kernel, m = c.hop_length, c.upsample_kernel, c.n_mel_channels
-        frames = mel.size(1)
-        quarters = -(-kernel // hop)
-        up = self.upsample_b.repeat((frames + quarters) * hop, 1)          # (samples, M)
-        block = max(1, (1 << 24) // (kernel * m))
-        for f0 in range(0, frames, block):
-            f1 = min(frames, f0 + block)
-            y = (mel[:, f0:f1].t() @ self.upsample_wr).view(f1 - f0, kernel, m)
-            for q in range(quarters):
-                lo, hi = q * hop, min(kernel, (q + 1) * hop)
-                target = up[f0 * hop + lo:f1 * hop + lo].view(f1 - f0, hop, m)[:, :hi - lo]
-                target += y[:, lo:hi]
-        n_samples = steps * c.n_group
-        return up[:n_samples].view(steps, c.n_group, m).transpose(1, 2).reshape(steps, -1)
 
-
-__all__ = ["GpuEngine", "DEFAULT_BUCKETS", "MAX_BUCKETS", "bucket_rows",
-           "check_compile_cache", "prepare_compile_cache"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "MAX_BUCKETS",
+    "GpuEngine",
+    "bucket_rows",
+    "check_compile_cache",
+    "prepare_compile_cache",
+]

@@ -1,17 +1,19 @@
-"""A ``waveglow export`` ONNX file run by onnxruntime: an :class:`~waveglow_cli.engines.base.Engine`.
+"""A ``waveglow export`` ONNX file run by onnxruntime: an
+:class:`~waveglow_cli.engines.base.Engine`.
 
 The file's graph takes ``mel`` (B, M, F) float32, ``z`` (B, G, F * hop / G) float32
 standard-normal noise, ``lengths`` (B,) int64 frames and ``sigma`` (a float32 scalar), and gives
 ``audio`` (B, F * hop).  Its metadata properties (``waveglow.*``) carry what a checkpoint file
-carries: the architecture, sample rate and mel settings, so a :class:`Checkpoint` without
-weights stands in for it and the rest of the package (noise, batching, chunking, denoiser,
-outputs) works unchanged.
+carries: the architecture, sample rate and mel settings, so an :class:`OnnxSource` (what a
+vocoder is made from, beside a checkpoint's weights) stands in for it and the rest of the
+package (noise, batching, chunking, denoiser, outputs) works unchanged.
 
-The file is untrusted.  Its bytes are read once and checked by :mod:`waveglow_cli.engines.onnx_check`
-before onnxruntime sees them: every tensor anywhere in the model (functions, subgraphs, node
-attributes, sparse tensors) must be inside the file (external data would make onnxruntime read
-another file, e.g. ``~/.ssh/id_rsa``, and hand it back as audio), what the tensors and the
-``waveglow.*`` metadata declare must fit the file's size and sane limits, and the graph's
+The file is untrusted.  Its bytes are read once and checked by
+:mod:`waveglow_cli.engines.onnx_check` before onnxruntime sees them: every tensor anywhere in the
+model (functions, subgraphs, node attributes, sparse tensors) must be inside the file (external
+data would make onnxruntime read another file, e.g. ``~/.ssh/id_rsa``, and hand it back as
+audio), what the tensors and the ``waveglow.*`` metadata declare must fit the file's size and
+sane limits, and the graph's
 contract is checked too.  onnxruntime then gets those same bytes, never the path, with its
 folder for external data set to a path under the model file itself (which cannot be a folder),
 so that even a tensor the checks missed could not name a file to read.  Nothing else in an
@@ -35,7 +37,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoints.reader import Checkpoint
 from ..errors import CheckpointError, UsageError
 from ..features.mel import MelConfig
 from ..model.waveglow import FlowProgress, WaveGlowConfig
@@ -109,8 +110,8 @@ def _import_onnxruntime() -> Any:
 def checked_model_bytes(path: Path) -> bytes:
     """The file's bytes, refused (one :class:`CheckpointError`) unless they are a
     self-contained model whose tensors, architecture and contract pass the checks of
-    :mod:`waveglow_cli.engines.onnx_check` and :func:`read_onnx_info`: all before onnxruntime (or any
-    allocation a declaration sizes) sees them."""
+    :mod:`waveglow_cli.engines.onnx_check` and :func:`read_onnx_info`: all before onnxruntime (or
+    any allocation a declaration sizes) sees them."""
     return _checked_model(path)[0]
 
 
@@ -160,7 +161,7 @@ def _providers(onnxruntime: Any, device: torch.device) -> list[str]:
     available = set(onnxruntime.get_available_providers())
     wanted = ["CPUExecutionProvider"]
     if device.type == "cuda":
-        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] + wanted
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *wanted]
     return [p for p in wanted if p in available or p == "CPUExecutionProvider"]
 
 
@@ -300,9 +301,7 @@ class OnnxEngine:
         batch, n_mels, frames = mel.shape
         if n_mels != c.n_mel_channels:
             raise ValueError(f"mel has {n_mels} channels, expected {c.n_mel_channels}")
-        if tuple(z.shape) != c.noise_shape(batch, frames):
-            raise ValueError(f"noise has shape {tuple(z.shape)}, expected "
-                             f"{c.noise_shape(batch, frames)}")
+        c.check_noise(z, batch, frames)
         mel_np = mel.detach().cpu().float().numpy()
         z_np = z.detach().cpu().float().numpy()
         lengths_np = (np.full(batch, frames, dtype=np.int64) if lengths is None
@@ -351,19 +350,57 @@ def _pad_rows(array: np.ndarray, pad: int, fill: int = 0) -> np.ndarray:
     return np.concatenate([array, extra])
 
 
+@dataclass(frozen=True)
+class OnnxSource:
+    """An exported file as the source of a vocoder: what it declares (architecture, sample
+    rate, mel settings, metadata), and no weights: onnxruntime runs its graph, in the
+    precision fixed when it was exported.  The counterpart of a
+    :class:`~waveglow_cli.checkpoints.reader.Checkpoint`, which holds float32 weights that
+    engines are built from; callers tell the two apart by type."""
+
+    path: Path
+    info: OnnxInfo
+
+    @property
+    def config(self) -> WaveGlowConfig:
+        return self.info.config
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    @property
+    def mel(self) -> dict[str, Any]:
+        return self.info.mel
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.info.metadata
+
+    @property
+    def source_format(self) -> str:
+        """How ``waveglow info`` names what was read."""
+        dtype_name = "fp16" if self.info.dtype == torch.float16 else "fp32"
+        return f"ONNX (waveglow export, {dtype_name})"
+
+
 def open_onnx(path: str | Path, device: str | torch.device = "cpu",
-              threads: int | None = None) -> tuple[Checkpoint, OnnxEngine]:
-    """An exported file as (a :class:`Checkpoint` with its metadata and no weights, the
-    engine that runs it): what :func:`~waveglow_cli.vocoder.load_vocoder` uses for ``.onnx``."""
+              threads: int | None = None) -> tuple[OnnxSource, OnnxEngine]:
+    """An exported file as (its :class:`OnnxSource`, the engine that runs it on ``device``):
+    the file is read and checked once, for both."""
     engine = OnnxEngine(path, device, threads)
-    info = engine.info
-    dtype_name = "fp16" if info.dtype == torch.float16 else "fp32"
-    checkpoint = Checkpoint(config=info.config, state_dict={}, sample_rate=info.sample_rate,
-                            mel=info.mel, source_format=f"ONNX (waveglow export, {dtype_name})",
-                            metadata=dict(info.metadata))
-    return checkpoint, engine
+    return OnnxSource(engine.path, engine.info), engine
 
 
-__all__ = ["OnnxEngine", "OnnxInfo", "open_onnx", "is_onnx_file", "read_onnx_info",
-           "checked_model_bytes",
-           "ONNX_FORMAT", "INPUT_NAMES", "OUTPUT_NAMES"]
+__all__ = [
+    "INPUT_NAMES",
+    "ONNX_FORMAT",
+    "OUTPUT_NAMES",
+    "OnnxEngine",
+    "OnnxInfo",
+    "OnnxSource",
+    "checked_model_bytes",
+    "is_onnx_file",
+    "open_onnx",
+    "read_onnx_info",
+]

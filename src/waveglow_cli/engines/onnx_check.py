@@ -1,8 +1,8 @@
 """An untrusted ONNX file, checked before onnxruntime (or any allocation) sees it.
 
-An ONNX file is a checkpoint too: every promise :mod:`waveglow_cli.checkpoints.reader` makes holds for
-it.  The bytes are read once, from the opened descriptor, up to protobuf's own 2 GiB limit; the
-parsed model is then walked generically (every protobuf message it holds: the graph, model-local
+An ONNX file is a checkpoint too: every promise :mod:`waveglow_cli.checkpoints.reader` makes holds
+for it.  The bytes are read once, from the opened descriptor, up to protobuf's own 2 GiB limit;
+the parsed model is then walked generically (every protobuf message it holds: the graph, model-local
 functions, training graphs, nodes, attributes, subgraphs nested to any depth, sparse tensors),
 so that no tensor escapes the checks wherever it is hidden:
 
@@ -245,6 +245,14 @@ def weight_budget(path: Path) -> int:
     return _weight_budget(path)
 
 
-__all__ = ["read_model_bytes", "check_model_tensors", "check_architecture", "check_weights_fit",
-           "weight_budget", "ImplausibleArchitecture",
-           "MAX_ONNX_BYTES", "ARCHITECTURE_LIMITS", "MAX_CONTEXT_FRAMES"]
+__all__ = [
+    "ARCHITECTURE_LIMITS",
+    "MAX_CONTEXT_FRAMES",
+    "MAX_ONNX_BYTES",
+    "ImplausibleArchitecture",
+    "check_architecture",
+    "check_model_tensors",
+    "check_weights_fit",
+    "read_model_bytes",
+    "weight_budget",
+]

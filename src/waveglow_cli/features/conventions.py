@@ -4,8 +4,8 @@ A mel convention says how a toolkit turns audio into the mel its vocoder reads: 
 (sample rate, FFT size, hop, window, padding), the filterbank (number of bands, frequency range,
 HTK or Slaney scale, filter normalisation, magnitude or power) and the compression (log base,
 floor, normalisation).  Every such mel is a linear map of a magnitude spectrum followed by an
-invertible compression, so :mod:`waveglow_cli.features.melconvert` can bring it back to a spectrum and
-onto the Tacotron 2 filterbank WaveGlow was trained on.
+invertible compression, so :mod:`waveglow_cli.features.melconvert` can bring it back to a spectrum
+and onto the Tacotron 2 filterbank WaveGlow was trained on.
 
 Each preset below cites where its numbers come from (the toolkit's published configuration or
 feature code, read for the parameters only).  A custom convention is a TOML file with the keys
@@ -28,9 +28,19 @@ from ..fileio import read_side_file, read_side_text
 if TYPE_CHECKING:  # numpy is imported where statistics are read: `waveglow --help` stays fast
     import numpy as np
 
-__all__ = ["Analysis", "Bands", "Compression", "Convention", "MelStats", "PRESETS",
-           "TOML_KEYS", "convention_from_toml", "load_mel_stats", "preset_names",
-           "resolve_convention"]
+__all__ = [
+    "PRESETS",
+    "TOML_KEYS",
+    "Analysis",
+    "Bands",
+    "Compression",
+    "Convention",
+    "MelStats",
+    "convention_from_toml",
+    "load_mel_stats",
+    "preset_names",
+    "resolve_convention",
+]
 
 PADDINGS = ("center", "hifigan", "none")
 SCALES = ("slaney", "htk")
@@ -217,9 +227,9 @@ PRESETS: MappingProxyType[str, Convention] = MappingProxyType({
         source="NVIDIA/BigVGAN meldataset.py, bigvgan_22khz_80band config"),
 })
 # Other spellings people use for the same conventions.
-ALIASES = MappingProxyType({"bigvgan": "bigvgan-24k", "parallel-wavegan": "pwg", "parallelwavegan": "pwg",
-           "espnet": "pwg", "hifi-gan": "hifigan", "tts": "coqui", "nvidia": "tacotron2",
-           "waveglow": "tacotron2"})
+ALIASES = MappingProxyType({"bigvgan": "bigvgan-24k", "parallel-wavegan": "pwg",
+           "parallelwavegan": "pwg", "espnet": "pwg", "hifi-gan": "hifigan", "tts": "coqui",
+           "nvidia": "tacotron2", "waveglow": "tacotron2"})
 
 
 def preset_names() -> tuple[str, ...]:
@@ -277,12 +287,18 @@ def convention_from_toml(source: str | os.PathLike[str], text: str | None = None
                                       or len(values[key]) > _MAX_TEXT)]
     if problems:
         raise UsageError(f"{name}: invalid mel convention: " + "; ".join(problems))
-    parts = {}
-    for cls in (Analysis, Bands, Compression):
-        parts[cls] = cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-    convention = Convention(str(values.get("name") or Path(name).stem), parts[Analysis],
-                            parts[Bands], parts[Compression], str(values.get("source", "")))
+    analysis = Analysis(**_given(Analysis, values))
+    bands = Bands(**_given(Bands, values))
+    compression = Compression(**_given(Compression, values))
+    convention = Convention(str(values.get("name") or Path(name).stem), analysis, bands,
+                            compression, str(values.get("source", "")))
     return validate_convention(convention, name)
+
+
+def _given(cls: type[Analysis | Bands | Compression], values: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The values of ``cls``'s fields that ``values`` gives."""
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values}
 
 
 # A convention file is a score of short lines (see README "A custom convention": under 1 KB);
@@ -324,7 +340,7 @@ def validate_convention(convention: Convention, name: str) -> Convention:
     (``name`` is the file or preset it came from).  Every value is checked against
     :data:`LIMITS` before anything is built from it."""
     problems: list[str] = []
-    fixed = {}
+    fixed: dict[str, Any] = {}  # ints and floats, for fields of either type
     for part in (convention.analysis, convention.bands, convention.compression):
         for f in fields(part):
             value = getattr(part, f.name)

@@ -9,7 +9,7 @@ import io
 import os
 import re
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 
@@ -31,7 +31,8 @@ def audio_to_mel(source: str | os.PathLike[str] | bytes | IO[bytes], config: Mel
     (:func:`~waveglow_cli.audio.io.read_mono`, :func:`~waveglow_cli.features.mel.log_mel_frames`):
     memory is the mono signal and its mel, and audio declaring an absurd rate or more than
     :data:`~waveglow_cli.audio.io.MAX_AUDIO_SECONDS` is refused before it is decoded."""
-    name = name or ("<stdin>" if isinstance(source, bytes) else str(getattr(source, "name", source)))
+    if not name:
+        name = "<stdin>" if isinstance(source, bytes) else str(getattr(source, "name", source))
     mono, notes = read_mono(source, name, config.sample_rate)
     try:
         mel = log_mel_frames(mono, config)
@@ -40,14 +41,15 @@ def audio_to_mel(source: str | os.PathLike[str] | bytes | IO[bytes], config: Mel
     return mel, notes
 
 
-def mel_converter(spec: str | os.PathLike[str] | Convention, config: MelConfig,
+def mel_converter(convention: str | os.PathLike[str] | Convention, config: MelConfig,
                   stats: str | os.PathLike[str] | None = None) -> MelConverter:
-    """What ``--mel-from SPEC [--mel-stats FILE]`` means for a checkpoint whose mel is
+    """What ``--mel-from CONVENTION [--mel-stats FILE]`` means for a checkpoint whose mel is
     ``config``: a preset name or a TOML file (:func:`conventions.resolve_convention`), and
     the mean-variance statistics to undo (``.h5``/``.npy``).  Bad specs are a UsageError."""
-    convention = spec if isinstance(spec, Convention) else resolve_convention(spec)
-    mel_stats = None if stats is None else load_mel_stats(stats, convention.n_mels)
-    return MelConverter(convention, config, mel_stats)
+    resolved = (convention if isinstance(convention, Convention)
+                else resolve_convention(convention))
+    mel_stats = None if stats is None else load_mel_stats(stats, resolved.n_mels)
+    return MelConverter(resolved, config, mel_stats)
 
 
 def load_synthesis_input(source: str | os.PathLike[str] | bytes | IO[bytes], name: str,
@@ -66,9 +68,8 @@ def load_synthesis_input(source: str | os.PathLike[str] | bytes | IO[bytes], nam
         return _load_from(io.BytesIO(bytes(source)), name, config, layout, scale, lazy,
                           converter)
     if hasattr(source, "read"):
-        return _load_from(source, name, config, layout, scale, lazy,  # type: ignore[arg-type]
-                          converter)
-    with open_input(source, name, MelFileError) as f:  # type: ignore[arg-type]
+        return _load_from(cast(IO[bytes], source), name, config, layout, scale, lazy, converter)
+    with open_input(source, name, MelFileError) as f:
         return _load_from(f, name, config, layout, scale, lazy, converter)
 
 
@@ -141,22 +142,23 @@ class SynthesisInputReader:
     """What a synthesis job loads its items with: (path or open file, display name) ->
     ((n_mels, frames) mel, notes); a mel file stays lazy (only its pieces are ever read).
 
-    With ``convention`` (a :class:`~waveglow_cli.features.melconvert.MelConverter` for ``config``, see
-    :func:`mel_converter`) mel files are in that toolkit's convention and are converted
-    whole when read; ``scale`` then does not apply (the convention says it).  A mel shorter
+    With ``converter`` (a :class:`~waveglow_cli.features.melconvert.MelConverter` for
+    ``config``, see :func:`mel_converter`) mel files are in that toolkit's convention and are
+    converted whole when read; ``scale`` then does not apply (the convention says it).  A mel
+    shorter
     than ``context_frames`` (the model's, :meth:`~waveglow_cli.model.waveglow.WaveGlowConfig.
     context_frames`) gets a note: its audio is made, but is all edge."""
 
     config: MelConfig
     layout: str = "auto"
     scale: str = "ln"
-    convention: MelConverter | None = None
+    converter: MelConverter | None = None
     context_frames: int = 0
 
     def __call__(self, source: str | os.PathLike[str] | IO[bytes], name: str
                  ) -> tuple[np.ndarray | LazyMel, list[str]]:
         mel, notes = load_synthesis_input(source, name, self.config, self.layout, self.scale,
-                                          lazy=True, converter=self.convention)
+                                          lazy=True, converter=self.converter)
         frames = mel.shape[1]
         if frames < self.context_frames:
             seconds = frames * self.config.hop_length / self.config.sample_rate

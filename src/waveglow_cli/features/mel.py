@@ -20,8 +20,9 @@ checkpoints were trained on those numbers: near the 1e-5 floor (quiet bands of l
 float32 rounding shows in the log domain by up to a few 1e-3, and an "exact" float64 STFT would
 differ from the reference by that much.  On the CPU we match NVIDIA's TacotronSTFT to within
 1e-6 in the log domain (measured on speech-like audio, noise and a chirp; the only difference is
-a correctly rounded square root, see _conv_magnitude); on CUDA the convolution runs without TF32.  Unlike NVIDIA we do not assert that the input lies in
-``[-1, 1]``: louder input is processed as is.
+a correctly rounded square root, see _conv_magnitude); on CUDA the convolution runs without
+TF32.  Unlike NVIDIA we do not assert that the input lies in ``[-1, 1]``: louder input is
+processed as is.
 
 :class:`STFT` reproduces ``stft.py``'s ``STFT.transform``/``STFT.inverse`` (magnitude and phase
 out, overlap-add with division by the window's sum-square envelope and ``n_fft // 2`` trims back),
@@ -45,9 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "STFT",
     "MelConfig",
     "MelSpectrogram",
-    "STFT",
     "bias_spectrum",
     "denoise",
     "hann_window",
@@ -89,11 +90,12 @@ def _as_float(name: str, value: Any, problems: list[str]) -> float | None:
 
 @dataclass(frozen=True)
 class MelConfig:
-    """Analysis parameters.  Defaults are NVIDIA's Tacotron 2 / WaveGlow ones (LJ Speech, 22.05 kHz).
+    """Analysis parameters.  Defaults are NVIDIA's Tacotron 2 / WaveGlow ones (LJ Speech,
+    22.05 kHz).
 
     ``fmax=None`` means the Nyquist frequency ``sample_rate / 2``.  ``n_fft`` must be even (the
-    reference's bin count and frame count assume it).  Integral floats (``22050.0``) are accepted and
-    stored as ints.
+    reference's bin count and frame count assume it).  Integral floats (``22050.0``) are accepted
+    and stored as ints.
     """
 
     sample_rate: int = 22050
@@ -220,7 +222,8 @@ def _mel_filterbank_np(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
 def mel_filterbank(config: MelConfig | None = None) -> Tensor:
     """librosa's Slaney mel filterbank for ``config``, float32, shape (M, K)."""
     c = config or MelConfig()
-    return torch.from_numpy(_mel_filterbank_np(c.sample_rate, c.n_fft, c.n_mels, c.fmin, c.fmax).copy())
+    return torch.from_numpy(
+        _mel_filterbank_np(c.sample_rate, c.n_fft, c.n_mels, c.fmin, c.fmax).copy())
 
 
 def _as_audio(audio: Tensor | np.ndarray, what: str = "audio") -> tuple[Tensor, bool]:
@@ -250,8 +253,8 @@ def _check_length(n_samples: int, n_fft: int, what: str = "audio") -> None:
     # numbers the reference never produces.
     if n_samples <= n_fft // 2:
         raise ValueError(
-            f"{what} has {n_samples} samples; at least n_fft // 2 + 1 = {n_fft // 2 + 1} are needed "
-            f"to reflect-pad by n_fft // 2 = {n_fft // 2}")
+            f"{what} has {n_samples} samples; at least n_fft // 2 + 1 = {n_fft // 2 + 1} are "
+            f"needed to reflect-pad by n_fft // 2 = {n_fft // 2}")
 
 
 def _complex_stft(audio: Tensor, window: Tensor, n_fft: int, hop_length: int) -> Tensor:
@@ -322,6 +325,7 @@ class MelSpectrogram(nn.Module):
 
     mel_basis: Tensor
     window: Tensor
+    fourier_basis: Tensor
 
     def __init__(self, config: MelConfig | None = None) -> None:
         super().__init__()
@@ -388,7 +392,7 @@ def log_mel_frames(audio: np.ndarray, config: MelConfig | None = None,
     for lo in range(0, frames, block_frames):
         hi = min(frames, lo + block_frames)
         start, stop = lo * hop - pad, (hi - 1) * hop + c.n_fft - pad  # in unpadded samples
-        if 0 <= start and stop <= n:
+        if start >= 0 and stop <= n:
             piece = samples[start:stop]
         else:  # reflect at either end, as F.pad(mode="reflect") does
             index = np.abs(np.arange(start, stop))
@@ -408,13 +412,14 @@ class STFT(nn.Module):
     the (real) inverse DFT, windows it again, overlap-adds, divides by the window's sum-square
     envelope wherever that exceeds float32's smallest normal (elsewhere it leaves the sum as is) and
     drops ``n_fft // 2`` samples at the start.  NVIDIA's inverse uses a pseudo-inverse Fourier
-    basis scaled by ``n_fft / hop`` and multiplies back by ``n_fft / hop``; mathematically that is the
-    inverse real DFT, which is what we compute.
+    basis scaled by ``n_fft / hop`` and multiplies back by ``n_fft / hop``; mathematically that is
+    the inverse real DFT, which is what we compute.
     """
 
     window: Tensor
 
-    def __init__(self, n_fft: int = 1024, hop_length: int = 256, win_length: int | None = None) -> None:
+    def __init__(self, n_fft: int = 1024, hop_length: int = 256,
+                 win_length: int | None = None) -> None:
         super().__init__()
         win_length = n_fft if win_length is None else win_length
         if n_fft < 2 or n_fft % 2:
@@ -445,10 +450,11 @@ class STFT(nn.Module):
         trims ``n_fft // 2`` at both ends of the overlap-add).  With ``length`` it keeps ``length``
         samples after the first ``n_fft // 2``: for a spectrum of an S-sample signal and
         ``length=S`` that is the whole signal, including the last ``S % hop`` samples the reference
-        drops (they are covered by the last frame, so they are reconstructed, not invented).  Only if
-        the overlap-add is shorter than that (``hop > n_fft / 2``) are zeros appended.
+        drops (they are covered by the last frame, so they are reconstructed, not invented).  Only
+        if the overlap-add is shorter than that (``hop > n_fft / 2``) are zeros appended.
         """
-        if magnitude.shape != phase.shape or magnitude.dim() != 3 or magnitude.size(1) != self.n_freqs:
+        if (magnitude.shape != phase.shape or magnitude.dim() != 3
+                or magnitude.size(1) != self.n_freqs):
             raise ValueError(
                 f"magnitude {tuple(magnitude.shape)} and phase {tuple(phase.shape)} must both be "
                 f"(B, {self.n_freqs}, T)")
@@ -484,7 +490,8 @@ class STFT(nn.Module):
         x, _ = _as_audio(audio)
         return self.inverse(*self.transform(x), length=x.size(-1))
 
-    def denoise(self, audio: Tensor | np.ndarray, bias_spec: Tensor, strength: float = 0.1) -> Tensor:
+    def denoise(self, audio: Tensor | np.ndarray, bias_spec: Tensor,
+                strength: float = 0.1) -> Tensor:
         """WaveGlow's denoiser: subtract ``strength * bias_spec`` from every frame's magnitude,
         clamp at 0, resynthesise with the original phase.
 
@@ -500,7 +507,8 @@ class STFT(nn.Module):
         if not math.isfinite(strength) or strength < 0:
             raise ValueError(f"strength={strength} must be finite and >= 0")
         bias = torch.as_tensor(bias_spec)
-        if bias.numel() != self.n_freqs or bias.dim() > 3 or (bias.dim() >= 2 and bias.size(-1) != 1):
+        if (bias.numel() != self.n_freqs or bias.dim() > 3
+                or (bias.dim() >= 2 and bias.size(-1) != 1)):
             raise ValueError(
                 f"bias_spec has shape {tuple(bias.shape)}; expected ({self.n_freqs},), "
                 f"({self.n_freqs}, 1) or (1, {self.n_freqs}, 1)")

@@ -183,7 +183,7 @@ def _frame_positions(convention: Convention, target: MelConfig, frames: int) -> 
     """For each of our frames, its centre as a (fractional) source frame index."""
     a = convention.analysis
     seconds = a.samples_for(frames) / a.sample_rate
-    ours = 1 + int(round(seconds * target.sample_rate)) // target.hop_length
+    ours = 1 + round(seconds * target.sample_rate) // target.hop_length
     centre_s = np.arange(ours) * target.hop_length / target.sample_rate
     return (centre_s * a.sample_rate - a.centre_offset) / a.hop_length
 

@@ -6,16 +6,18 @@ A job is: discover the inputs (:func:`discover`), plan where each result goes
 exists, skipped or failed) and the job as a :class:`Summary` (those types live in
 :mod:`waveglow_cli.jobs.summary` and are re-exported here).  Nothing here prints: what a front
 end shows (a progress bar, notes, error lines) arrives through a :class:`JobProgress`;
-standard input and output are streams passed in.  :class:`SynthesisJob` is the windowed
-load -> synthesise -> write loop; what it writes with is a parameter (:class:`AudioWriter`
-writes files or standard output), so a server or a streaming writer reuses the loop as it is.
+standard input and output are streams passed in (:class:`StandardStreams`).  What a synthesis
+job is asked to do arrives as the small objects of :mod:`waveglow_cli.jobs.options`
+(:class:`InputOptions`, :class:`OutputOptions`), re-exported here.  :class:`SynthesisJob` is
+the windowed load -> synthesise -> write loop; what it writes with is a parameter
+(:class:`AudioWriter` writes files or standard output), so a server or a streaming writer reuses
+the loop as it is.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import os
 import queue
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from ..errors import (
     WaveGlowError,
 )
 from ..fileio import remove_stale_parts
+from .options import InputOptions, OutputOptions, StandardStreams
 from .pipeline import Ahead, Handoff, WriterThread
 
 # The items, policy, results and progress protocol: part of the jobs API, re-exported.
@@ -103,10 +106,11 @@ def without_own_outputs(items: list[Item], output: str | None, suffix: str,
             planned_by.setdefault(target.resolve(), set()).add(index)
     kept = []
     for index, item in enumerate(items):
-        if item.found and item.source is not None and item.source.suffix.lower() in audio_suffixes:
-            if item.source.with_suffix("") in mel_stems \
-                    or planned_by.get(item.source.resolve(), set()) - {index}:
-                continue
+        if (item.found and item.source is not None
+                and item.source.suffix.lower() in audio_suffixes
+                and (item.source.with_suffix("") in mel_stems
+                     or planned_by.get(item.source.resolve(), set()) - {index})):
+            continue
         kept.append(item)
     return kept
 
@@ -132,7 +136,9 @@ def _beside(source: Path, suffix: str) -> Path:
     """The default output beside an input: ``<stem><suffix>``, or ``<stem>.synth<suffix>``
     where that would be the input itself (copy synthesis of ``speech.wav``)."""
     target = source.with_suffix(suffix)
-    return source.with_suffix(".synth" + suffix) if target.name.lower() == source.name.lower() else target
+    if target.name.lower() == source.name.lower():
+        return source.with_suffix(".synth" + suffix)
+    return target
 
 
 def plan_outputs(items: list[Item], output: str | None, suffix: str) -> list[Path | None]:
@@ -307,18 +313,24 @@ class SynthesisJob:
     load: Loader                    # (path or stream, display name) -> (mel, notes)
     write: ItemWriter
     sample_rate: int
-    policy: OutputPolicy = field(default_factory=OutputPolicy)
+    # The exists/overwrite policy, and the first piece a job of one item is made from
+    # (OutputOptions.first_piece_for; it becomes the synthesizer's BatchOptions.first_piece).
+    output: OutputOptions = field(default_factory=OutputOptions)
     fail_fast: bool = False
     window: int = 64                # items loaded at a time (bounds open inputs and memory)
     stdin: IO[bytes] | None = None
-    # A job of one item made front to back in growing pieces from this many frames (see
-    # BatchOptions.first_piece); None: standard output streams so, files are made whole.
-    first_piece: int | None = None
+
+    @property
+    def policy(self) -> OutputPolicy:
+        return self.output.policy
 
     def run(self, items: list[Item], outputs: list[Path | None],
             progress: JobProgress | None = None) -> Summary:
+        """Every item to its output.  ``progress`` (where given) is told each item's end, its
+        notes and failures, and the job's audio as it is expected and made (within each
+        forward pass); None reports nothing, and the engine runs without a callback."""
         synthesizer = self.synthesizer
-        first = self.first_piece_for(outputs)
+        first = self.output.first_piece_for(outputs)
         if len(items) == 1 and first and not synthesizer.batch.first_piece:
             # One input: front to back in growing pieces, so its first audio comes early.  The
             # plan depends only on ``first``, so a file made with the same one equals the stream.
@@ -327,7 +339,8 @@ class SynthesisJob:
             synthesizer = dataclasses.replace(synthesizer, batch=dataclasses.replace(
                 synthesizer.batch, first_piece=first))
         run = _SynthesisRun(self, synthesizer, progress or SilentProgress(), input_paths(items),
-                            Summary(sample_rate=self.sample_rate))
+                            Summary(sample_rate=self.sample_rate),
+                            reports_audio=progress is not None)
         pairs = list(zip(items, outputs))
         windows = [pairs[start:start + self.window] for start in range(0, len(pairs), self.window)]
         try:
@@ -347,16 +360,6 @@ class SynthesisJob:
             run.summary.interrupted = getattr(e, "signal_number", 2)
             run.record_published()
         return run.summary
-
-    def first_piece_for(self, outputs: list[Path | None]) -> int:
-        """The first piece of a one-item job: as asked, else a small one for standard output
-        (a stream: its first audio early) and none for a file (made whole: a stream's
-        boundaries cost work that a file does not need)."""
-        from ..synthesis.plans import FIRST_PIECE_FRAMES
-
-        if self.first_piece is not None:
-            return self.first_piece
-        return FIRST_PIECE_FRAMES if len(outputs) == 1 and outputs[0] is None else 0
 
 
 # How reading a window ended for one item: (item, target, outcome, mel or error, notes)
@@ -383,6 +386,7 @@ class _SynthesisRun:
     progress: JobProgress
     inputs: set[Path]
     summary: Summary
+    reports_audio: bool = True      # tell progress the audio made within each forward pass
     pending: collections.deque[_Pending] = field(default_factory=collections.deque)
     # Samples of audio each window read holds, put by the reading thread as soon as it has
     # opened the window's mels, taken and reported here (so the next window's audio joins the
@@ -421,16 +425,15 @@ class _SynthesisRun:
         mels = dict(loaded)
         cancelled: set[str] = set()
         self._report_expected()
-        # Audio progress within the forward passes, where the front end takes it (optional).
-        reports = getattr(self.progress, "produced", None) is not None
-        stream = self.synthesizer.stream(loaded, cancelled,
-                                         progress=self._synthesised if reports else None)
+        # Audio progress within the forward passes, where a front end passed a progress.
+        stream = self.synthesizer.stream(
+            loaded, cancelled, progress=self._synthesised if self.reports_audio else None)
         pending = self.pending
         # Each item's events arrive together and in order: hand them to the writer as they
         # come, and settle the items it has finished.
         for key, events in itertools.groupby(stream, key=lambda event: event[0]):
             item, target = targets[key]
-            handoff = writer.submit(partial(self.job.write, item, target, mels.get(key)))
+            handoff = writer.submit(partial(self.job.write, item, target, mels[key]))
             pending.append(_Pending(item, target, handoff))
             try:
                 for block in _blocks_of(item, events):
@@ -450,22 +453,20 @@ class _SynthesisRun:
         job's audio so far; with it, the next window's total once the reader has it."""
         self.in_window = samples
         self._report_expected()
-        self.progress.produced(  # type: ignore[attr-defined]
-            self._seconds(self.synthesised + samples))
+        self.progress.produced(self._seconds(self.synthesised + samples))
 
     def _seconds(self, samples: int) -> float:
         return samples / self.job.sample_rate
 
     def _report_expected(self) -> None:
         """Report the audio of the windows read so far that has not been reported yet."""
-        expect = getattr(self.progress, "expect", None)  # optional (see JobProgress)
         while True:
             try:
                 samples = self.expected.get_nowait()
             except queue.Empty:
                 return
-            if expect is not None and samples:
-                expect(self._seconds(samples))
+            if samples:
+                self.progress.expect(self._seconds(samples))
 
     def _report_reading(self, outcomes: list[Outcome]) -> list[tuple[str, Any]]:
         loaded = []
@@ -538,37 +539,31 @@ def _blocks_of(item: Item, events: Iterable[tuple[str, object, bool]]) -> Iterat
 
 
 def synthesis_job(vocoder: Vocoder, options: SynthesisOptions | None = None,
-                  batch: BatchOptions | None = None, *, subtype: str = "PCM_16",
-                  policy: OutputPolicy | None = None, fail_fast: bool = False,
-                  mel_layout: str = "auto", mel_scale: str = "ln",
-                  mel_from: str | os.PathLike[str] | None = None,
-                  mel_stats: str | os.PathLike[str] | None = None,
-                  writer: ItemWriter | None = None, plot: bool = False,
-                  stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None,
-                  stdout_format: str = "wav", first_piece: int | None = None) -> SynthesisJob:
+                  batch: BatchOptions | None = None, *, inputs: InputOptions | None = None,
+                  output: OutputOptions | None = None, fail_fast: bool = False,
+                  writer: ItemWriter | None = None,
+                  streams: StandardStreams | None = None) -> SynthesisJob:
     """A :class:`SynthesisJob` over a loaded vocoder: mel files (or audio, by copy synthesis)
-    to audio files (or ``writer``'s choice), windows of ``8 x batch size`` (at least 64).
-    A job of one input makes it front to back in growing pieces from ``first_piece`` frames
-    (0: whole; None, the default: :data:`~waveglow_cli.synthesis.plans.FIRST_PIECE_FRAMES` for
-    standard output, whole for a file); standard output gets ``stdout_format`` (wav, raw or
-    flac)."""
+    read as ``inputs`` says, to audio files (or ``writer``'s choice) as ``output`` says, in
+    windows of ``8 x batch size`` (at least 64); ``fail_fast`` ends the job at its first
+    failure.  Standard input and output are ``streams`` (none by default)."""
     from ..features.inputs import SynthesisInputReader, mel_converter
 
     batch = batch or vocoder.batch
-    policy = policy or OutputPolicy()
+    inputs = inputs or InputOptions()
+    output = output or OutputOptions()
+    streams = streams or StandardStreams()
     synthesizer = vocoder.synthesizer(options, batch)
     # Mels of another toolkit's convention (--mel-from) are converted when read.
-    converter = None if mel_from is None else mel_converter(mel_from, vocoder.mel_config,
-                                                            mel_stats)
-    writer = writer or AudioWriter(vocoder.sample_rate, subtype, overwrite=policy.overwrite,
-                                   stdout=stdout, plot=vocoder.mel_config if plot else None,
-                                   stdout_format=stdout_format,
+    converter = None if inputs.convention is None else mel_converter(
+        inputs.convention, vocoder.mel_config, inputs.mel_stats)
+    writer = writer or AudioWriter(vocoder.sample_rate, output.subtype,
+                                   overwrite=output.policy.overwrite, stdout=streams.stdout,
+                                   plot=vocoder.mel_config if output.plot else None,
+                                   stdout_format=output.stdout_format,
                                    samples_of=synthesizer.samples)
-    return SynthesisJob(synthesizer,
-                        SynthesisInputReader(vocoder.mel_config, mel_layout, mel_scale,
-                                             convention=converter,
-                                             context_frames=vocoder.config.context_frames()),
-                        writer,
-                        vocoder.sample_rate, policy, fail_fast,
-                        window=max(batch.batch_size * 8, 64), stdin=stdin,
-                        first_piece=first_piece)
+    reader = SynthesisInputReader(vocoder.mel_config, inputs.mel_layout, inputs.mel_scale,
+                                  converter=converter,
+                                  context_frames=vocoder.config.context_frames())
+    return SynthesisJob(synthesizer, reader, writer, vocoder.sample_rate, output, fail_fast,
+                        window=max(batch.batch_size * 8, 64), stdin=streams.stdin)

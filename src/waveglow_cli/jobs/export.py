@@ -41,7 +41,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ from ..errors import CheckpointError, OutputExistsError, UsageError
 from ..features.mel import MelConfig
 from ..fileio import atomic_write
 from ..model.waveglow import WaveGlow, WaveGlowConfig, reverse_flows
-from ..progress import StatusCallback, report_step
+from ..progress import ProgressTarget, StatusCallback, report_step
 from ..settings import Settings
 from ..synthesis.plans import BatchOptions
 from ..vocoder import Vocoder, mel_config_for, registry_entry_for
@@ -125,13 +125,19 @@ class ExportGraph(nn.Module):
         if c.hop_length % c.n_group:
             raise ValueError(f"hop_length {c.hop_length} is not a multiple of n_group "
                              f"{c.n_group}: the ONNX graph needs whole groups per frame")
+        upsample_bias = model.upsample.bias
+        assert upsample_bias is not None  # a ConvTranspose1d made with its bias (WaveGlow's)
         weight, bias, self.taps = polyphase_upsampler(
-            model.upsample.weight.detach(), model.upsample.bias.detach(), c.hop_length, c.n_group)
+            model.upsample.weight.detach(), upsample_bias.detach(), c.hop_length, c.n_group)
         self.register_buffer("upsample_weight", weight)
         self.register_buffer("upsample_bias", bias)
         self.WN = copy.deepcopy(model.WN)  # its own: casting the graph leaves the model as is
         for k, conv in enumerate(model.convinv):
-            self.register_buffer(f"inverse_{k}", conv.weight_inverse.detach().clone())
+            inverse = cast(Tensor, conv.weight_inverse)  # a buffer (nn.Module's getattr)
+            self.register_buffer(f"inverse_{k}", inverse.detach().clone())
+
+    upsample_weight: Tensor  # buffers (registered in __init__)
+    upsample_bias: Tensor
 
     def forward(self, mel: Tensor, z: Tensor, lengths: Tensor, sigma: Tensor) -> Tensor:
         c = self.config
@@ -169,7 +175,9 @@ def graph_bytes(model: WaveGlow, dtype: torch.dtype = torch.float32, opset: int 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's deprecation and tracing notes
-        torch.onnx.export(graph, example, buffer, input_names=list(INPUT_NAMES),
+        # A file object works (the ONNX bytes land in it); torch's stubs name only paths.
+        torch.onnx.export(graph, example, buffer,  # type: ignore[arg-type]
+                          input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     return buffer.getvalue()
@@ -382,7 +390,7 @@ def export_checkpoint(checkpoint: Checkpoint, output: str | Path, mel: MelConfig
 
 
 def export_onnx(spec: str, output: str | Path, options: ExportOptions = ExportOptions(), *,
-                settings: Settings, progress: Any = None,
+                settings: Settings, progress: ProgressTarget = None,
                 status: StatusCallback | None = None) -> ExportReport:
     """Export the checkpoint ``spec`` (a registry name, fetched first unless offline, or a
     file of any format we read) to the ONNX file ``output``: see :func:`export_checkpoint`.
@@ -415,6 +423,15 @@ def load_onnx_vocoder(path: str | Path, device: str | torch.device = "cpu", *,
                    path=Path(path))
 
 
-__all__ = ["ExportGraph", "ExportOptions", "ExportReport", "Verification", "export_onnx",
-           "export_checkpoint", "graph_bytes", "polyphase_upsampler", "verify_engine",
-           "load_onnx_vocoder"]
+__all__ = [
+    "ExportGraph",
+    "ExportOptions",
+    "ExportReport",
+    "Verification",
+    "export_checkpoint",
+    "export_onnx",
+    "graph_bytes",
+    "load_onnx_vocoder",
+    "polyphase_upsampler",
+    "verify_engine",
+]

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..audio.io import encode_mel
+import numpy as np
+
+from ..audio.io import LazyMel, encode_mel
 from ..features.mel import MelConfig
 from ..features.melconvert import MelConverter
 from ..fileio import atomic_write
 from .core import run_items
+from .options import StandardStreams
 from .summary import Item, JobProgress, OutputPolicy, Summary
 from .writers import write_stream
 
@@ -34,13 +37,12 @@ class MelJob:
     converter: MelConverter | None = None
     mel_layout: str = "auto"
     policy: OutputPolicy = field(default_factory=OutputPolicy)
-    stdin: IO[bytes] | None = None
-    stdout: IO[bytes] | None = None
+    streams: StandardStreams = field(default_factory=StandardStreams)
 
     def run(self, items: list[Item], outputs: list[Path | None],
             progress: JobProgress | None = None) -> Summary:
         return run_items(items, outputs, self.policy, self.write_one, progress,
-                         stdin=self.stdin)
+                         stdin=self.streams.stdin)
 
     def write_one(self, item: Item, source: Path | IO[bytes], target: Path | None,
                   progress: JobProgress) -> None:
@@ -48,6 +50,7 @@ class MelJob:
         atomically (or the bytes to standard output)."""
         from ..features.inputs import audio_to_mel, load_synthesis_input
 
+        spectrogram: np.ndarray | LazyMel
         if self.converter is None:
             spectrogram, notes = audio_to_mel(source, self.config, item.display)
         else:
@@ -56,9 +59,9 @@ class MelJob:
                                                       converter=self.converter)
         for text in notes:
             progress.note(text)
-        data = encode_mel(spectrogram, self.fmt)
+        data = encode_mel(np.asarray(spectrogram), self.fmt)  # an array already: as it is
         if target is None:
-            write_stream(self.stdout, data)
+            write_stream(self.streams.stdout, data)
         else:
             atomic_write(target, lambda tmp: tmp.write_bytes(data),
                          overwrite=self.policy.overwrite)

@@ -172,7 +172,7 @@ def _force_task(tasks: queue.Queue[Any]) -> None:
             return
         except queue.Full:
             try:
-                write, handoff = tasks.get_nowait()
+                _, handoff = tasks.get_nowait()
                 handoff.error = KeyboardInterrupt()
                 handoff.done.set()
             except queue.Empty:

@@ -148,7 +148,12 @@ class Summary:
 
 
 class JobProgress(Protocol):
-    """Where a job reports as it goes (a front end's progress bar and message lines)."""
+    """Where a job reports as it goes (a front end's progress bar and message lines).
+
+    ``advance``, ``note`` and ``failed`` are what every job reports.  A synthesis job also
+    reports its audio (``expect``, ``produced``), so that progress can move within one long
+    file, even within one forward pass; a class that subclasses this protocol (or
+    :class:`SilentProgress`) inherits those two as no-ops where it has no use for them."""
 
     def advance(self, seconds: float | None = None) -> None:
         """One more item ended; ``seconds``: audio written so far (synthesis)."""
@@ -159,15 +164,19 @@ class JobProgress(Protocol):
     def failed(self, error: BaseException) -> None:
         """An item failed (the job goes on unless it is fail-fast)."""
 
-    # Optional (a synthesis job calls them where they exist), so audio progress can move
-    # within one long file, even within one forward pass:
-    #   expect(seconds): this much more audio is to come (each window's mels, as soon as the
-    #     reading thread has opened them: the total is known before the first audio);
-    #   produced(seconds): audio synthesised so far in the job, increasing; told after each
-    #     flow of each forward pass (see waveglow_cli.model.waveglow.FlowProgress).
+    def expect(self, seconds: float) -> None:
+        """This much more audio is to come: each window's mels, as soon as the reading thread
+        has opened them (the total is known before the first audio).  Default: nothing."""
+        return None
+
+    def produced(self, seconds: float) -> None:
+        """Audio synthesised so far in the job, in seconds, increasing; told after each flow
+        of each forward pass (see :class:`waveglow_cli.model.waveglow.FlowProgress`).
+        Default: nothing."""
+        return None
 
 
-class SilentProgress:
+class SilentProgress(JobProgress):
     """Reports nothing (for library use); failures are still in the :class:`Summary`."""
 
     def advance(self, seconds: float | None = None) -> None:

@@ -2,7 +2,8 @@
 
 Numerically this is the function of NVIDIA's reference ``glow.py`` (and, with
 ``alternate_halves=True``, of ``glow_old.py``).  It knows tensors only: no files, no names,
-no device policy.  Checkpoint reading and layout conversion live in :mod:`waveglow_cli.checkpoints.reader`.
+no device policy.  Checkpoint reading and layout conversion live in
+:mod:`waveglow_cli.checkpoints.reader`.
 
 Parameter names follow NVIDIA's current (fused) layout, so a weight-norm-free state dict of
 ``glow.WaveGlow`` loads as is: ``upsample.*``, ``WN.{k}.start|cond_layer|in_layers.{i}|
@@ -100,6 +101,13 @@ class WaveGlowConfig:
         consumes."""
         return (batch, self.n_group, frames * self.hop_length // self.n_group)
 
+    def check_noise(self, z: Tensor, batch: int, frames: int) -> None:
+        """Refuse (ValueError) noise ``z`` that is not :meth:`noise_shape` for ``batch`` items
+        of ``frames`` frames: every engine's ``infer`` checks its caller's noise here."""
+        expected = self.noise_shape(batch, frames)
+        if tuple(z.shape) != expected:
+            raise ValueError(f"noise has shape {tuple(z.shape)}, expected {expected}")
+
     def n_early_outputs(self) -> int:
         """Flows that split channels off early (in the forward direction)."""
         return sum(self.is_early_flow(k) for k in range(self.n_flows))
@@ -149,8 +157,17 @@ class WaveGlowConfig:
         return cls(**values)
 
 
+def conv_bias(conv: nn.Conv1d | nn.ConvTranspose1d) -> Tensor:
+    """``conv.bias`` of a convolution built with one (torch types every bias Optional): all
+    of the model's but the mixing matrices'."""
+    assert conv.bias is not None, "a WaveGlow convolution without its bias"
+    return conv.bias
+
+
 class Invertible1x1Conv(nn.Module):
     """Channel mixing by an invertible matrix W (C, C); ``conv.weight`` is W as (C, C, 1)."""
+
+    weight_inverse: Tensor  # the buffer registered in __init__ (declared for the type checker)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -196,7 +213,8 @@ class Invertible1x1Conv(nn.Module):
 
 
 class WN(nn.Module):
-    """The non-causal WaveNet of one affine coupling: (B, n_in, T) x (B, n_cond, T) -> (B, 2 n_in, T)."""
+    """The non-causal WaveNet of one affine coupling: (B, n_in, T) x (B, n_cond, T) ->
+    (B, 2 n_in, T)."""
 
     def __init__(self, n_in_channels: int, n_cond_channels: int, n_layers: int,
                  n_channels: int, kernel_size: int) -> None:
@@ -217,7 +235,14 @@ class WN(nn.Module):
         # Zero end layer: a fresh coupling starts as the identity (training stability).
         self.end = nn.Conv1d(n_channels, 2 * n_in_channels, 1)
         nn.init.zeros_(self.end.weight)
-        nn.init.zeros_(self.end.bias)
+        nn.init.zeros_(conv_bias(self.end))
+
+    def layer(self, i: int) -> tuple[nn.Conv1d, nn.Conv1d]:
+        """Layer ``i``'s (dilated gate convolution, res/skip convolution), typed (an item of a
+        ModuleList is a plain Module to the type checker)."""
+        in_layer, res_skip_layer = self.in_layers[i], self.res_skip_layers[i]
+        assert isinstance(in_layer, nn.Conv1d) and isinstance(res_skip_layer, nn.Conv1d)
+        return in_layer, res_skip_layer
 
     def forward(self, audio: Tensor, cond: Tensor, mask: Tensor | None = None) -> Tensor:
         """``mask`` (B, 1, T) is 1 inside each item and 0 in padding.  Zeroing the dilated
@@ -268,8 +293,21 @@ class WaveGlow(nn.Module):
         return self
 
     def refresh_inverses(self) -> None:
-        for conv in self.convinv:
-            conv.refresh_inverse()
+        for k in range(len(self.convinv)):
+            self.flow_conv(k).refresh_inverse()
+
+    def flow_wn(self, k: int) -> WN:
+        """Flow ``k``'s coupling network, typed (``self.WN[k]`` is a plain Module to the type
+        checker)."""
+        wn = self.WN[k]
+        assert isinstance(wn, WN)
+        return wn
+
+    def flow_conv(self, k: int) -> Invertible1x1Conv:
+        """Flow ``k``'s invertible 1x1 convolution, typed (as :meth:`flow_wn`)."""
+        conv = self.convinv[k]
+        assert isinstance(conv, Invertible1x1Conv)
+        return conv
 
     # -- shared pieces -------------------------------------------------------------------
     def upsample_mel(self, mel: Tensor, n_samples: int) -> Tensor:
@@ -340,15 +378,13 @@ class WaveGlow(nn.Module):
         if z is None:
             z = torch.randn(self.noise_shape(mel.size(0), frames), generator=generator,
                             device=generator.device if generator is not None else "cpu")
-        if tuple(z.shape) != (mel.size(0), c.n_group, steps):
-            raise ValueError(f"noise has shape {tuple(z.shape)}, expected "
-                             f"{(mel.size(0), c.n_group, steps)}")
+        c.check_noise(z, mel.size(0), frames)
         z = z.to(device=cond.device, dtype=cond.dtype)
         mask = self._mask(lengths, steps, cond)
 
         audio = reverse_flows(c, lambda lo, hi: sigma * z[:, lo:hi, :],
                               lambda k, audio_0: self.WN[k](audio_0, cond, mask),
-                              lambda k, joined: self.convinv[k].inverse(joined), progress)
+                              lambda k, joined: self.flow_conv(k).inverse(joined), progress)
         return audio.permute(0, 2, 1).reshape(audio.size(0), -1)
 
     # -- training direction ----------------------------------------------------------------
@@ -447,7 +483,8 @@ def waveglow_loss(z: Tensor, log_s_list: list[Tensor], log_det_w_list: list[Tens
 
 
 class WaveGlowLoss(nn.Module):
-    """Module form of :func:`waveglow_loss`, taking the tuple that :meth:`WaveGlow.forward` returns."""
+    """Module form of :func:`waveglow_loss`, taking the tuple that :meth:`WaveGlow.forward`
+    returns."""
 
     def __init__(self, sigma: float = 1.0) -> None:
         super().__init__()

@@ -26,7 +26,6 @@ from starlette.routing import Route
 
 from .._version import package_version
 from ..synthesis.plans import FIRST_PIECE_FRAMES, BatchOptions
-from ..synthesis.synthesizer import SynthesisOptions, Synthesizer
 from .batcher import Batcher, BatcherOptions, Job
 from .body import BodyBudget, read_request
 from .metrics import ServerMetrics
@@ -34,7 +33,11 @@ from .protocol import Limits, RequestError, default_max_frames
 from .stream import AudioStream, error_response
 
 if TYPE_CHECKING:
-    from ..vocoder import Vocoder
+    from pathlib import Path
+
+    import torch
+
+    from ..vocoder import ModelFile, Vocoder
 
 SECONDS_PER_REQUEST_LIMIT = 600.0  # the default --max-frames-per-request: ten minutes of audio
 DEFAULT_BODY_MEMORY_BYTES = 256 * 2**20  # --max-body-memory-mb
@@ -57,12 +60,16 @@ class ServeOptions:
     max_body_memory: int = DEFAULT_BODY_MEMORY_BYTES  # bytes all bodies being read may hold
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.queue < 1 or not self.max_wait_ms >= 0:
-            raise ValueError("--max-batch and --queue must be >= 1, --max-wait-ms >= 0")
+        self.batcher_options()  # --max-batch, --max-wait-ms and --queue: checked there
         if self.max_body_memory < 1:
             raise ValueError("--max-body-memory-mb must be > 0")
         if self.max_frames_per_request is not None and self.max_frames_per_request < 1:
             raise ValueError("--max-frames-per-request must be >= 1")
+
+    def batcher_options(self) -> BatcherOptions:
+        """How the worker batches requests (:class:`~.batcher.BatcherOptions`, which checks
+        these values)."""
+        return BatcherOptions(self.max_batch, self.max_wait_ms / 1000.0, self.queue)
 
 
 @dataclass
@@ -98,23 +105,32 @@ def batch_options(vocoder: Vocoder, options: ServeOptions) -> BatchOptions:
                                    first_piece=FIRST_PIECE_FRAMES)
 
 
-def create_app(vocoder: Vocoder, options: ServeOptions,
-               exact: Vocoder | None = None) -> Starlette:
+def serving_vocoder(model_file: ModelFile, device: torch.device, precision: str = "auto",
+                    engine: str = "auto", cache_dir: Path | None = None) -> Vocoder:
+    """The vocoder a server runs, with NVIDIA's denoiser.  Requests bring either kind of noise,
+    so the selection table chooses for both
+    (:attr:`~waveglow_cli.engines.select.SigmaPolicy.EITHER`) and both engines are built
+    before the first request, not during it: where ``auto`` picks bf16 for sampled noise,
+    sigma 0 runs in float32, and every request equals ``synth`` with its sigma."""
+    from ..engines.select import SigmaPolicy, choose_engine
+
+    choice = choose_engine(model_file.source, device, precision, engine, SigmaPolicy.EITHER)
+    vocoder = model_file.vocoder(choice, denoise=True, cache_dir=cache_dir)
+    vocoder.engine_for(0.0)  # the engine for sigma 0, where it is another one
+    return vocoder
+
+
+def create_app(vocoder: Vocoder, options: ServeOptions) -> Starlette:
     """The server's ASGI app over a loaded vocoder (load it with ``denoise=True`` for
-    ``denoiser_strength`` to be available).  ``exact``: the same checkpoint in float32 for
-    requests at sigma 0, where ``vocoder`` is the reduced precision that ``--precision auto``
-    picks for sampled noise (as ``synth`` picks per run)."""
+    ``denoiser_strength`` to be available).  Each request runs on the vocoder's engine for
+    its sigma (:meth:`Vocoder.synthesizer`): where ``--precision auto`` picks a reduced
+    precision for sampled noise, sigma 0 runs in float32, as ``synth`` picks per run."""
     metrics = ServerMetrics()
     config = vocoder.config
     max_frames = options.max_frames_per_request or default_max_frames(
         vocoder.sample_rate, config.hop_length, SECONDS_PER_REQUEST_LIMIT)
-    def synthesizer(synthesis: SynthesisOptions, batch: BatchOptions) -> Synthesizer:
-        chosen = exact if exact is not None and synthesis.sigma == 0 else vocoder
-        return chosen.synthesizer(synthesis, batch)
-
-    batcher = Batcher(synthesizer, batch_options(vocoder, options),
-                      BatcherOptions(options.max_batch, options.max_wait_ms / 1000.0,
-                                     options.queue), metrics)
+    batcher = Batcher(vocoder.synthesizer, batch_options(vocoder, options),
+                      options.batcher_options(), metrics)
     state = ServerState(vocoder, options, batcher, Limits(config.n_mel_channels, max_frames),
                         metrics, vocoder.synthesizer().samples,
                         BodyBudget(options.max_body_memory, metrics.body_memory.set))

@@ -62,8 +62,11 @@ class Job:
             pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatcherOptions:
+    """How the worker batches requests (``waveglow serve``'s --max-batch, --max-wait-ms and
+    --queue, checked here)."""
+
     max_batch: int = 16         # requests per synthesis call
     max_wait: float = 0.010     # seconds the oldest waiting request waits for company
     queue: int = 256            # requests that may wait; more are refused (503)

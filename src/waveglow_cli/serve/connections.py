@@ -15,7 +15,8 @@ head has arrived, and a graceful shutdown waits for every body still arriving.  
   for a request head (``header_timeout`` from the connection or the last response, whole),
   receiving a body (cut with 408 once idle for ``body_timeout``, or slower than
   ``min_body_rate`` over any such span), or sending an answer the client does not read
-  (closed once it took less than ``min_body_rate`` bytes/s of it over such a span).  :func:`watch` checks them all a few times a second.
+  (closed once it took less than ``min_body_rate`` bytes/s of it over such a span).
+  :func:`watch` checks them all a few times a second.
 * A request refused before its body was read (413, 503) half-closes the connection and reads
   the rest away for up to ``LINGER_S``, so the client, still sending, reads the answer rather
   than a connection reset.

@@ -180,7 +180,9 @@ class MelJsonReader:
     # -- the mel: rows of numbers, converted a slice at a time ------------------------------
 
     def _between_rows(self, data: bytes, at: int) -> int:
-        at = SPACES.match(data, at).end()  # type: ignore[union-attr]  (always matches)
+        spaces = SPACES.match(data, at)
+        assert spaces is not None  # SPACES matches the empty string: always a match
+        at = spaces.end()
         if at == len(data):
             return at
         byte = data[at:at + 1]

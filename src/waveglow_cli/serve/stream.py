@@ -95,7 +95,8 @@ class AudioStream:
         events = self.job.events
         if events.empty():
             getter = asyncio.ensure_future(events.get())
-            await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {getter, gone}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
                 return None
@@ -150,15 +151,15 @@ class AudioStream:
             event = await self._next(gone)
             if event is None:
                 return CLIENT_GONE
-            block, done = event
-            if isinstance(block, BaseException):
-                return await self._fail(send, block)
-            blocks.append(block)
+            item, done = event
+            if isinstance(item, BaseException):
+                return await self._fail(send, item)
+            blocks.append(item)
         try:
             data = await run_in_threadpool(self._flac, blocks)
         except Exception as e:  # noqa: BLE001 - NaN audio
             return await self._fail(send, e)
-        headers = self._headers() + [(b"content-length", str(len(data)).encode())]
+        headers = [*self._headers(), (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         self.metrics.first_byte.observe(time.monotonic() - self.job.arrived)
         await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -7,7 +7,9 @@ kept (see :func:`plan_pieces`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -126,32 +128,33 @@ def plan_pieces(item: int, frames: int, max_frames: int, margin: int, first: int
     return pieces
 
 
-def plan_batches(pieces: list[Piece], options: BatchOptions) -> list[list[Piece]]:
-    """Longest first, greedily grouped while the batch stays within both limits."""
-    batches: list[list[Piece]] = []
-    for piece in sorted(pieces, key=lambda p: (-p.frames, p.item, p.start)):
-        if batches:
-            batch = batches[-1]
-            longest = batch[0].frames  # sorted: the first piece is the longest
-            if len(batch) < options.batch_size and longest * (len(batch) + 1) <= options.batch_frames:
-                batch.append(piece)
-                continue
-        batches.append([piece])
-    return batches
+#: The orders :func:`plan_batches` takes pieces in: ``longest`` first (the fewest padded
+#: frames: whole items of a folder), or ``items``: by (item, start), so that each item's audio
+#: completes front to back and only a batch's worth of a long item is ever held.
+BatchOrder = Literal["longest", "items"]
+_ORDER_KEYS: dict[str, Callable[[Piece], tuple[int, ...]]] = {
+    "longest": lambda p: (-p.frames, p.item, p.start),
+    "items": lambda p: (p.item, p.start),
+}
 
 
-def plan_in_order(pieces: list[Piece], options: BatchOptions) -> list[list[Piece]]:
-    """Pieces of long items in (item, start) order, consecutive ones grouped within both limits:
-    each item's audio then completes front to back and only a batch's worth is ever held."""
+def plan_batches(pieces: list[Piece], options: BatchOptions,
+                 order: BatchOrder = "longest") -> list[list[Piece]]:
+    """The pieces in ``order`` (:data:`BatchOrder`), consecutive ones grouped greedily while
+    the batch stays within both limits (its size, and its longest piece's frames times its
+    size)."""
     batches: list[list[Piece]] = []
-    for piece in sorted(pieces, key=lambda p: (p.item, p.start)):
+    longest = 0  # of the last batch
+    for piece in sorted(pieces, key=_ORDER_KEYS[order]):
         if batches:
             batch = batches[-1]
-            longest = max(piece.frames, max(p.frames for p in batch))
-            if len(batch) < options.batch_size and longest * (len(batch) + 1) <= options.batch_frames:
+            wider = max(longest, piece.frames)
+            if len(batch) < options.batch_size and wider * (len(batch) + 1) <= options.batch_frames:
                 batch.append(piece)
+                longest = wider
                 continue
         batches.append([piece])
+        longest = piece.frames
     return batches
 
 

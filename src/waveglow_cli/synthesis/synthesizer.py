@@ -38,7 +38,6 @@ from .plans import (
     Piece,
     context_margin,
     plan_batches,
-    plan_in_order,
     plan_pieces,
     plan_waves,
 )
@@ -158,7 +157,7 @@ class Synthesizer:
     """Batched, chunked synthesis of many items, streamed: :meth:`stream` hands on each item's
     audio front to back as its pieces finish; :meth:`run` gives whole items."""
 
-    engine: Engine | WaveGlow  # a WaveGlow is wrapped by :func:`~waveglow_cli.engines.select.as_engine`
+    engine: Engine | WaveGlow  # a WaveGlow is wrapped by engines.select.as_engine
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
     batch: BatchOptions = field(default_factory=BatchOptions)
     denoiser: Denoise | None = None
@@ -220,7 +219,8 @@ class Synthesizer:
             state[index] = item
             (whole if len(pieces) == 1 else chunked).extend(pieces)
         batches = (plan_waves(whole + chunked, self.batch) if first
-                   else plan_batches(whole, self.batch) + plan_in_order(chunked, self.batch))
+                   else plan_batches(whole, self.batch)
+                   + plan_batches(chunked, self.batch, order="items"))
         computed = None if progress is None else _Computed(progress)
         for batch in batches:
             batch = [p for p in batch
@@ -243,7 +243,8 @@ class Synthesizer:
         if computed is not None:
             computed.finish(self._kept_samples(batch, state))
         hop = self.config.hop_length
-        for piece, out in sorted(zip(batch, outputs), key=lambda pair: (pair[0].item, pair[0].start)):
+        for piece, out in sorted(zip(batch, outputs),
+                                 key=lambda pair: (pair[0].item, pair[0].start)):
             item = state[piece.item]
             if item.closed:
                 continue
@@ -260,12 +261,13 @@ class Synthesizer:
     def _hand_on(self, item: _Item) -> Iterator[Event]:
         """Yield the item's audio that is now complete from the front, in order."""
         while item.next_frame in item.held:
-            block = item.held.pop(item.next_frame)
+            held = item.held.pop(item.next_frame)
             item.next_frame = item.ends[item.next_frame]
             last = item.next_frame >= item.frames
+            block: np.ndarray | None = held
             try:
                 if item.denoiser is not None:
-                    block = item.denoiser.push(block)
+                    block = item.denoiser.push(held)
             except Exception as e:  # noqa: BLE001 - this item fails, the others go on
                 item.closed = True
                 yield item.key, e, True
@@ -289,7 +291,8 @@ class Synthesizer:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(batch) == 1:
-                return [MemoryError("out of GPU memory even for a batch of one; lower --max-frames")]
+                return [MemoryError("out of GPU memory even for a batch of one; "
+                                    "lower --max-frames")]
             half = len(batch) // 2
             return (self._infer_with_retry(batch[:half], state, computed, offset)
                     + self._infer_with_retry(batch[half:], state, computed,
@@ -297,7 +300,7 @@ class Synthesizer:
 
     @torch.inference_mode()
     def _infer(self, batch: list[Piece], state: dict[int, _Item],
-               progress: FlowProgress | None = None) -> list[np.ndarray]:
+               progress: FlowProgress | None = None) -> list[np.ndarray | Exception]:
         config = self.config
         longest = max(p.frames for p in batch)
         mel = torch.zeros(len(batch), config.n_mel_channels, longest)
@@ -320,8 +323,8 @@ class Synthesizer:
         else:
             audio = self.engine.infer(mel, self.options.sigma, z, mask_lengths,
                                       progress=progress)
-        audio = audio.float().cpu().numpy()
-        return [audio[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]
+        rows = audio.float().cpu().numpy()
+        return [rows[row, :p.frames * config.hop_length] for row, p in enumerate(batch)]
 
 
 def synthesize(engine: Engine | WaveGlow, mel: np.ndarray | torch.Tensor,

@@ -130,7 +130,7 @@ def merge_resumed(options: TrainOptions, saved: dict[str, Any]) -> TrainOptions:
     """Options not given again on the command line come from the run being resumed
     (``saved``: its run.json)."""
     recorded = saved.get("options", {})
-    values: dict[str, Any] = {name: recorded[name] for name in RESUMABLE + ("sample_rate",)
+    values: dict[str, Any] = {name: recorded[name] for name in (*RESUMABLE, "sample_rate")
                               if name not in options.explicit and name in recorded}
     if "init_from" not in options.explicit and saved.get("init_from"):
         values["init_from"] = saved["init_from"]  # a fine-tune stopped before its 1st checkpoint

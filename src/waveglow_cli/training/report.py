@@ -7,7 +7,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import TrainingError, printable
 from ..fileio import describe_os_error, file_kind
@@ -26,7 +26,7 @@ class Reporter:
         self.enabled, self.quiet = enabled, quiet
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.progress = None
-        self.metrics_file = None
+        self.metrics_file: TextIO | None = None
         self.tensorboard: Any = None
         if enabled and not quiet and self.console.is_terminal:
             from rich.progress import (

@@ -111,7 +111,7 @@ _RECORDED_TYPES: dict[str, str] = {
     "sigma": "number", "grad_clip": "number?", "seed": "int?", "checkpoint_every": "int",
     "keep": "int", "val_every": "int?", "log_every": "int", "precision": "text",
     "max_steps": "int", "tensorboard": "flag", "sample_rate": "int",
-    **{name: "int" for name in MODEL_FLAGS}}
+    **dict.fromkeys(MODEL_FLAGS, "int")}
 _TYPE_NAMES = {"int": "an integer", "number": "a number", "text": "a text", "flag": "true or "
                "false", "texts": "a list of texts"}
 
@@ -229,7 +229,9 @@ def _record_step(line: bytes) -> float:
 def rng_state() -> dict[str, Any]:
     """RNG states as plain tensors and numbers (loadable with weights_only=True)."""
     py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the default (numpy's stub says otherwise)
+    assert isinstance(np_state, tuple)  # numpy's global RandomState is an MT19937: a tuple
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
@@ -264,9 +266,9 @@ def seed_everything(seed: int) -> None:
 def read_training_state(run_dir: Path, step: int) -> dict[str, Any]:
     """The optimizer, scaler, step and RNG states saved with checkpoint ``step``.
 
-    Read as any checkpoint is (see :mod:`waveglow_cli.checkpoints.torch_container`): our own container
-    reader and allow-listed unpickler, which never allocates more than the file holds, from
-    the one descriptor that was checked; nothing of the file stays mapped afterwards."""
+    Read as any checkpoint is (see :mod:`waveglow_cli.checkpoints.torch_container`): our own
+    container reader and allow-listed unpickler, which never allocates more than the file holds,
+    from the one descriptor that was checked; nothing of the file stays mapped afterwards."""
     from ..checkpoints.torch_container import read_torch_file
 
     path = state_path(run_dir, step)

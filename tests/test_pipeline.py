@@ -7,6 +7,7 @@ the next item's audio has been made (or the next window read) would wait forever
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -156,9 +157,14 @@ def test_an_interrupt_leaves_no_partial_file_and_counts_what_was_published(vocod
     outputs = [tmp_path / f"{i}.wav" for i in range(3)]
 
     class InterruptOnSecondBlock(Produced):
+        interrupted = False
+
         def produced(self, seconds: float) -> None:
             super().produced(seconds)
-            if self.blocks == 2:  # the whole items first: m0 is with the writer, m2 is made
+            # The whole items first: m0 is with the writer, m2 is made.  Once: this is told
+            # after every flow.
+            if self.blocks == 2 and not self.interrupted:
+                self.interrupted = True
                 deadline = time.monotonic() + WAIT
                 while not outputs[0].exists() and time.monotonic() < deadline:
                     time.sleep(0.01)
@@ -170,7 +176,14 @@ def test_an_interrupt_leaves_no_partial_file_and_counts_what_was_published(vocod
                        lambda source, name: (mels[Path(str(source)).name], []),
                        AudioWriter(vocoder.sample_rate), vocoder.sample_rate)
     started = time.monotonic()
-    summary = job.run([Item(Path(k), k) for k in mels], outputs, InterruptOnSecondBlock([10, 10]))
+    # Python's own Ctrl-C handler, which interrupt_main calls: a run started with SIGINT
+    # ignored (a background job, nohup) has none, and the interrupt would never come.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        summary = job.run([Item(Path(k), k) for k in mels], outputs,
+                          InterruptOnSecondBlock([10, 10]))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < WAIT
     assert summary.interrupted == 2, summary
     assert [r.status for r in summary.results] == ["written"]

@@ -24,7 +24,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,11 +32,11 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, UnsafePickleError
+from ..errors import CheckpointError, ContainerError, RefusedPickle, UnsafeGlobal, UnsafePickleError
 from ..fileio import open_checked
 from ..model.waveglow import WaveGlow, WaveGlowConfig
-from .safe_pickle import InertObject, RefusedPickle, UnsafeGlobal
-from .torch_container import TAR_REFUSAL, ContainerError, is_tar_header, read_torch_file
+from .safe_pickle import InertObject
+from .torch_container import TAR_REFUSAL, is_tar_header, read_torch_file
 
 FORMAT_NAME = "waveglow-cli"
 FORMAT_VERSION = "1"
@@ -78,7 +78,9 @@ class _NoRandomInit(torch.overrides.TorchFunctionMode):
 
     _SKIPPED = frozenset({"kaiming_uniform_", "uniform_", "normal_"})
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Any,
+                           args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+                           ) -> Any:
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") in self._SKIPPED:
             return args[0] if args else kwargs["tensor"]

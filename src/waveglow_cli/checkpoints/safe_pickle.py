@@ -393,7 +393,7 @@ class BoundedReader:
 
     @property
     def pos(self) -> int:
-        return self._base + self._file.tell()
+        return int(self._base + self._file.tell())
 
     def tell(self) -> int:
         return self.pos

@@ -179,7 +179,7 @@ def _record_start(mm: mmap.mmap, info: zipfile.ZipInfo, size: int) -> int:
     if start + info.file_size > size or info.compress_size != info.file_size:
         raise ContainerError(f"zip member {info.filename[:60]!r} ends past the end of the "
                              "file (truncated download?)")
-    return start
+    return int(start)
 
 
 def _record(mm: mmap.mmap, info: zipfile.ZipInfo, size: int) -> memoryview:

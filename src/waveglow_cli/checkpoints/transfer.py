@@ -61,7 +61,7 @@ class RetryPolicy:
     chunk_size: int = 1 << 20       # read1() hands over at most this much at a time
 
     def wait(self, failures: int) -> float:
-        return min(self.max_backoff, self.backoff * 2 ** max(0, failures - 1))
+        return float(min(self.max_backoff, self.backoff * 2 ** max(0, failures - 1)))
 
 
 def state_path(partial: Path) -> Path:

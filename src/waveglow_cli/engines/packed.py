@@ -57,7 +57,7 @@ DEFAULT_TILE_ROWS = 4096
 def onednn_available(dtype: torch.dtype) -> bool:
     """Whether oneDNN's fused linear (matrix product with a tanh post-op) can run ``dtype``."""
     try:
-        if not torch.backends.mkldnn.is_available():
+        if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]  # unannotated in torch
             return False
         ops = torch.ops.mkldnn
         if not hasattr(ops, "_linear_pointwise"):
@@ -84,7 +84,9 @@ class _Linear:
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.use_onednn:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.act, [], "")
+            fused: Tensor = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias,
+                                                               self.act, [], "")
+            return fused
         y = torch.mm(x, self.weight_t) if self.bias is None else torch.addmm(self.bias, x,
                                                                                self.weight_t)
         return torch.tanh_(y) if self.act == "tanh" else y

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +150,7 @@ class WaveGlowConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> WaveGlowConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> WaveGlowConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -263,7 +264,8 @@ class WN(nn.Module):
                 skip = skip + res_skip[:, c:, :]
             else:
                 skip = skip + res_skip
-        return self.end(skip)
+        out: Tensor = self.end(skip)
+        return out
 
 
 class WaveGlow(nn.Module):
@@ -281,7 +283,8 @@ class WaveGlow(nn.Module):
             self.WN.append(WN(channels // 2, m * g, config.n_layers, config.n_channels,
                               config.kernel_size))
         # The cached inverses follow the weights: recomputed whenever weights are loaded ...
-        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_inverses())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            lambda module, keys: module.refresh_inverses())
 
     def train(self, mode: bool = True) -> WaveGlow:
         # ... and when training ends (train -> eval), not on every eval(): a model cast to
@@ -318,7 +321,7 @@ class WaveGlow(nn.Module):
         g = self.config.n_group
         if not torch.is_grad_enabled() and self.config.hop_length % g == 0:
             return self._upsample_in_chunks(mel, n_samples)
-        up = self.upsample(mel)[:, :, :n_samples]
+        up: Tensor = self.upsample(mel)[:, :, :n_samples]
         steps = up.size(2) // g
         up = up[:, :, :steps * g]
         # cond[b, m*G + j, t] = up[b, m, t*G + j]  (NVIDIA's unfold/permute/view, as a reshape)

@@ -28,6 +28,16 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
 os.environ["TRITON_CACHE_DIR"] = os.path.join(_INDUCTOR_CACHE, "triton")
 atexit.register(shutil.rmtree, _INDUCTOR_CACHE, True)
 
+import signal  # noqa: E402
+
+# Ctrl-C as a terminal delivers it, for this process and the commands the tests start: a run
+# launched with SIGINT ignored (a background job of a non-interactive shell, nohup) passes the
+# ignore on, Python then installs no KeyboardInterrupt handler, and the interrupt tests would
+# see a command that never stops (a handler, unlike an ignore, is reset to the default when a
+# child starts, where Python installs its own).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
